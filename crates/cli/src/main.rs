@@ -1,0 +1,60 @@
+//! `shardswarm`: one binary, subcommands (BRIEF §1). Command output goes to stdout, logs and
+//! progress to stderr; errors exit non-zero with a one-line reason.
+
+mod logging;
+mod peer_cmd;
+mod status_cmd;
+mod torrent_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Turn a handful of ordinary machines into one LLM server.
+#[derive(Debug, Parser)]
+#[command(name = "shardswarm", version, about, propagate_version = true)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the rendezvous server: catalog, seeding, DHT bootstrap, HTTP API.
+    Server(peer_cmd::ServerArgs),
+    /// Run a swarm node: join, sync, download, seed, load, serve.
+    Node(peer_cmd::NodeArgs),
+    /// Show the swarm as a table (or the status JSON).
+    Status(status_cmd::StatusArgs),
+    /// Write a standard .torrent for a shard file and print its magnet link.
+    ExportTorrent {
+        /// The file.
+        file: PathBuf,
+        /// Where to write the .torrent (default: `<file name>.torrent` in the current directory).
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let result = match cli.command {
+        Command::Server(args) => peer_cmd::run_server(args),
+        Command::Node(args) => peer_cmd::run_node(args),
+        Command::Status(args) => status_cmd::run(args),
+        Command::ExportTorrent { file, output } => torrent_cmd::export(&file, output.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+            eprintln!("error: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}

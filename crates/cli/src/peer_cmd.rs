@@ -1,0 +1,157 @@
+//! `shardswarm server` and `shardswarm node`: start the peer, print its addresses, serve HTTP,
+//! and stop cleanly on Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use libp2p::Multiaddr;
+use shardswarm_node::{CommonConfig, Handle, NodeConfig, ServerConfig, ShardPolicy};
+use tracing::{info, warn};
+
+/// How long a graceful shutdown may take before the process exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Flags of `shardswarm server`.
+#[derive(Debug, Args)]
+pub(crate) struct ServerArgs {
+    /// Directory with `shard-N.gguf` (and `manifest.json` from `split`); may be read-only.
+    #[arg(long)]
+    shards_dir: PathBuf,
+    /// Identity, info-hash cache, `server.addrs`, `http.addr`.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// libp2p listen address (repeatable). Default: QUIC and TCP on port 7447, IPv4 and IPv6.
+    #[arg(long = "listen", value_name = "MA")]
+    listen: Vec<Multiaddr>,
+    /// HTTP API address.
+    #[arg(long, default_value = "127.0.0.1:7448")]
+    http: String,
+}
+
+/// Flags of `shardswarm node`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("join").required(true).multiple(true).args(["server", "peer"])))]
+pub(crate) struct NodeArgs {
+    /// The rendezvous server's multiaddr, ideally ending in `/p2p/<id>` (repeatable: QUIC, TCP).
+    #[arg(long, value_name = "MA")]
+    server: Vec<Multiaddr>,
+    /// Join through this peer (repeatable), e.g. when the server is gone.
+    #[arg(long, value_name = "MA")]
+    peer: Vec<Multiaddr>,
+    /// Identity, shards (`models/<model_id>/`), catalog cache, `http.addr`.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// libp2p listen address (repeatable). Default: QUIC and TCP on 0.0.0.0, port 0.
+    #[arg(long = "listen", value_name = "MA")]
+    listen: Vec<Multiaddr>,
+    /// Which shards to hold: auto, all, or a list like 0,3.
+    #[arg(long, default_value = "auto")]
+    shards: ShardPolicy,
+    /// Most shards to hold under `--shards auto`.
+    #[arg(long)]
+    max_shards: Option<u32>,
+    /// Serve the HTTP API on this address too.
+    #[arg(long)]
+    http: Option<String>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Prints the addresses, serves HTTP if asked, waits for a signal, then shuts down.
+async fn serve_until_signal(handle: Handle, http: Option<String>, data_dir: PathBuf) -> Result<()> {
+    for addr in handle.listen_addrs().await.context("peer stopped before listening")? {
+        println!("listening on {addr}");
+    }
+    let (stop_http_tx, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
+    let http_task = match http {
+        Some(addr) => {
+            let (_, fut) = shardswarm_gateway::serve(handle.clone(), &addr, &data_dir, async {
+                let _ = stop_http_rx.await;
+            })
+            .await?;
+            Some(tokio::spawn(fut))
+        }
+        None => None,
+    };
+    shutdown_signal().await;
+    info!(target: "shardswarm::peer", "signal received, stopping");
+    let _ = stop_http_tx.send(());
+    let stop = async {
+        handle.shutdown().await;
+        if let Some(t) = http_task {
+            let _ = t.await;
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, stop).await.is_err() {
+        warn!(target: "shardswarm::peer", "shutdown took longer than {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    Ok(())
+}
+
+pub(crate) fn run_server(args: ServerArgs) -> Result<()> {
+    let listen = if args.listen.is_empty() {
+        shardswarm_node::config::default_listen(7447)
+    } else {
+        args.listen
+    };
+    let cfg = ServerConfig {
+        common: CommonConfig::new(args.data_dir.clone(), listen),
+        shards_dir: args.shards_dir,
+        rescan_interval: Duration::from_secs(10),
+    };
+    runtime()?.block_on(async move {
+        let handle = shardswarm_node::start_server(cfg).await?.handle;
+        serve_until_signal(handle, Some(args.http), args.data_dir).await
+    })
+}
+
+pub(crate) fn run_node(args: NodeArgs) -> Result<()> {
+    let listen = if args.listen.is_empty() {
+        ["/ip4/0.0.0.0/udp/0/quic-v1", "/ip4/0.0.0.0/tcp/0"]
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect()
+    } else {
+        args.listen
+    };
+    let cfg = NodeConfig {
+        common: CommonConfig::new(args.data_dir.clone(), listen),
+        server: args.server,
+        peers: args.peer,
+        shards: args.shards,
+        max_shards: args.max_shards,
+    };
+    runtime()?.block_on(async move {
+        let handle = shardswarm_node::start_node(cfg).await?.handle;
+        serve_until_signal(handle, args.http, args.data_dir).await
+    })
+}

@@ -1,0 +1,20 @@
+//! The model side of shardswarm: GGUF reading/writing and `split`, tokenizer, chat template,
+//! layer-range llama forward and sampler. The only crate that uses candle.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod gguf;
+pub mod split;
+pub mod config;
+pub mod generate;
+pub mod llama;
+pub mod sampler;
+pub mod synth;
+pub mod template;
+pub mod tokenizer;
+
+pub use config::{ConfigError, LlamaConfig};
+pub use generate::{GenerateError, GenerateOptions, GenerationStats, Generator, StopReason};
+pub use llama::{KvCache, Stage, StageError};
+pub use sampler::{Sampler, SamplerConfig};
+pub use template::{ChatMessage, ChatTemplate, TemplateError};
+pub use tokenizer::{GgufTokenizer, TextStream, TokenizerError};

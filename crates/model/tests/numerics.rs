@@ -1,0 +1,154 @@
+//! Chained stages = candle-transformers' whole-model `quantized_llama::ModelWeights`.
+//!
+//! For synthetic tiny llamas (several quant types, tied and untied heads) and the default
+//! model: the model split into shards by `split` and chained in-process, and the whole file
+//! loaded as several layer-range views, give the same last-position logits as the reference
+//! (max |Δ| ≤ 1e-3 · max(1, max |logit|)) for several prompts, and the same 64 greedy tokens.
+
+use anyhow::{Context, Result, bail};
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::gguf_file::Content;
+use candle_core::{Device, Tensor};
+use candle_transformers::models::quantized_llama::ModelWeights;
+use shardswarm_model::synth::{SynthSpec, write_synth_model};
+use shardswarm_model::{GenerateOptions, Generator, GgufTokenizer, SamplerConfig, Stage};
+use std::path::{Path, PathBuf};
+
+const REL_TOL: f32 = 1e-3;
+const GREEDY_TOKENS: usize = 64;
+
+fn default_model() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("SHARDSWARM_MODEL") {
+        return Ok(PathBuf::from(p));
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .context("no HOME")?;
+    let p = cache.join("shardswarm/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !p.exists() {
+        bail!("default model not found at {}: run `shardswarm fetch-model` (or set SHARDSWARM_MODEL)", p.display());
+    }
+    Ok(p)
+}
+
+struct Reference(ModelWeights);
+
+impl Reference {
+    fn load(path: &Path) -> Result<Self> {
+        let mut f = std::fs::File::open(path)?;
+        let content = Content::read(&mut f)?;
+        Ok(Self(ModelWeights::from_gguf(content, &mut f, &Device::Cpu)?))
+    }
+
+    fn logits(&mut self, ids: &[u32], pos: usize) -> Result<Vec<f32>> {
+        let input = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
+        Ok(self.0.forward(&input, pos)?.squeeze(0)?.to_vec1::<f32>()?)
+    }
+
+    fn greedy(&mut self, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
+        let mut logits = self.logits(prompt, 0)?;
+        let mut out = Vec::new();
+        for i in 0..n {
+            let tok = shardswarm_model::sampler::argmax(&logits);
+            out.push(tok);
+            if i + 1 < n {
+                logits = self.logits(&[tok], prompt.len() + i)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
+    assert_eq!(a.len(), b.len());
+    let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let scale = b.iter().map(|x| x.abs()).fold(1f32, f32::max);
+    (diff, scale)
+}
+
+/// Checks one chained generator against the reference on `prompts`; returns the worst ratio.
+fn check(label: &str, ours: &Generator, reference: &Path, prompts: &[Vec<u32>]) -> Result<f32> {
+    let mut worst = 0f32;
+    for p in prompts {
+        let mut r = Reference::load(reference)?;
+        let want = r.logits(p, 0)?;
+        let got = ours.logits(p)?;
+        let (diff, scale) = max_abs_diff(&got, &want);
+        worst = worst.max(diff / scale);
+        assert!(diff <= REL_TOL * scale, "{label}: prompt {p:?}: max |Δlogit| {diff} > {REL_TOL} × {scale}");
+    }
+    let prompt = &prompts[0];
+    let want = Reference::load(reference)?.greedy(prompt, GREEDY_TOKENS)?;
+    let opts = GenerateOptions { max_tokens: GREEDY_TOKENS, sampler: SamplerConfig::greedy(), ignore_eos: true };
+    let stats = ours.generate_ids(prompt, &opts, |_| true)?;
+    assert_eq!(stats.tokens, want, "{label}: greedy tokens differ");
+    eprintln!("{label}: worst max|Δ|/scale = {worst:.2e}, {GREEDY_TOKENS} greedy tokens equal");
+    Ok(worst)
+}
+
+/// The whole model split by `split` into `k` shards, chained; and `k` views of the whole file.
+fn check_file(label: &str, model: &Path, k: u32, prompts: &[Vec<u32>]) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    shardswarm_model::split::split(model, k, dir.path(), |_| {})?;
+    let shards = Generator::load_shards_dir(dir.path(), &Device::Cpu)?;
+    assert_eq!(shards.stages().len(), k as usize);
+    check(&format!("{label} / {k} shards"), &shards, model, prompts)?;
+
+    let n = Stage::load(model, &Device::Cpu)?.config().block_count;
+    let cuts: Vec<u32> = (0..=k).map(|i| i * n / k).collect();
+    let views = cuts
+        .windows(2)
+        .map(|w| Stage::load_range(model, w[0]..w[1], &Device::Cpu))
+        .collect::<Result<Vec<_>, _>>()?;
+    let views = Generator::new(views, GgufTokenizer::from_file(model)?)?;
+    check(&format!("{label} / {k} views"), &views, model, prompts)?;
+    Ok(())
+}
+
+fn synth_prompts() -> Vec<Vec<u32>> {
+    vec![vec![1, 40, 41, 42, 7, 100, 2], vec![5], (3..40).collect()]
+}
+
+#[test]
+fn synth_tiny_q8_0_tied_shards_equal_whole_model_reference() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("m.gguf");
+    write_synth_model(&path, &SynthSpec::tiny(GgmlDType::Q8_0, 1))?;
+    check_file("synth Q8_0 tied", &path, 3, &synth_prompts())
+}
+
+#[test]
+fn synth_tiny_other_quant_types_equal_reference() -> Result<()> {
+    for (quant, tied) in [(GgmlDType::F32, false), (GgmlDType::Q4_0, true), (GgmlDType::Q4_1, false)] {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("m.gguf");
+        write_synth_model(&path, &SynthSpec { tied, ..SynthSpec::tiny(quant, 2) })?;
+        check_file(&format!("synth {quant:?} tied={tied}"), &path, 2, &synth_prompts())?;
+    }
+    Ok(())
+}
+
+#[test]
+fn synth_tiny_q4k_equals_reference() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("m.gguf");
+    let spec = SynthSpec { dim: 256, ffn: 512, heads: 4, kv_heads: 1, ..SynthSpec::tiny(GgmlDType::Q4K, 3) };
+    write_synth_model(&path, &spec)?;
+    check_file("synth Q4K", &path, 4, &synth_prompts())
+}
+
+#[test]
+fn default_model_shards_equal_whole_model_reference() -> Result<()> {
+    let model = default_model()?;
+    let tok = GgufTokenizer::from_file(&model)?;
+    let prompts = [
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+        "The quick brown fox",
+        "fn main() {\n    let x = 12345;",
+    ]
+    .iter()
+    .map(|p| tok.encode(p))
+    .collect::<Result<Vec<_>, _>>()?;
+    check_file("SmolLM2 Q4_1", &model, 3, &prompts)
+}

@@ -1,0 +1,380 @@
+//! The event loop that owns the `Swarm`: it takes handle requests, swarm events and a 1 s tick,
+//! and leaves role-specific decisions to `server_role` and `node_role`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, identify, kad};
+use libp2p::metrics::Recorder;
+use shardswarm_proto::codec::{encode_request, encode_response};
+use shardswarm_proto::status::Role;
+use shardswarm_proto::{Command, Header, NodeStatus, Request as ProtoRequest};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, role_of_agent};
+use crate::codec::InboundBytes;
+use crate::dispatch::dispatch;
+use crate::handle::{Event, HandleError, Request};
+use crate::metrics::Metrics;
+use crate::msglog;
+use crate::node_role::NodeState;
+use crate::server_role::ServerState;
+
+/// What an outbound request was for.
+pub(crate) enum Pending {
+    /// Raw bytes from a handle; the reply goes back to it.
+    Raw(oneshot::Sender<Result<Vec<u8>, HandleError>>),
+    /// SYNC_TORRENTS to this peer.
+    Sync,
+    /// GET_NODE_STATUS (the server polling a node).
+    NodeStatus,
+    /// A notification whose answer is only logged.
+    Notify,
+}
+
+/// What this peer knows about another.
+#[derive(Debug, Default)]
+pub(crate) struct PeerInfo {
+    pub(crate) role: Option<Role>,
+    pub(crate) addrs: Vec<Multiaddr>,
+    pub(crate) status: Option<NodeStatus>,
+}
+
+/// The role-specific half of the loop's state.
+pub(crate) enum RoleState {
+    Server(Box<ServerState>),
+    Node(Box<NodeState>),
+}
+
+pub(crate) struct EventLoop {
+    pub(crate) swarm: Swarm<Behaviour>,
+    pub(crate) rx: mpsc::Receiver<Request>,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) listen_tx: watch::Sender<Option<Vec<Multiaddr>>>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) role: RoleState,
+    pub(crate) peers: HashMap<PeerId, PeerInfo>,
+    pub(crate) pending: HashMap<OutboundRequestId, Pending>,
+    pub(crate) listeners_pending: HashSet<ListenerId>,
+    pub(crate) listen_addrs: Vec<Multiaddr>,
+}
+
+/// Unix seconds now.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn unix_nanos() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+impl EventLoop {
+    pub(crate) fn local(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    /// Runs until a handle asks for shutdown or every handle is gone.
+    pub(crate) async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ack = loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                req = self.rx.recv() => match req {
+                    None => break None,
+                    Some(Request::Shutdown(ack)) => break Some(ack),
+                    Some(req) => self.on_handle_request(req),
+                },
+                _ = tick.tick() => self.on_tick(),
+            }
+        };
+        info!(target: "shardswarm::peer", "shutting down");
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for p in peers {
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
+        drop(self.swarm);
+        if let Some(ack) = ack {
+            let _ = ack.send(());
+        }
+    }
+
+    fn on_tick(&mut self) {
+        match &self.role {
+            RoleState::Server(_) => self.server_tick(),
+            RoleState::Node(_) => self.node_tick(),
+        }
+    }
+
+    fn on_handle_request(&mut self, req: Request) {
+        match req {
+            Request::SwarmStatus(tx) => {
+                let _ = tx.send(self.swarm_status());
+            }
+            Request::NodeStatus(tx) => {
+                let _ = tx.send(self.node_status());
+            }
+            Request::SendRaw { peer, bytes, reply } => {
+                let total_len = bytes.len() as u64;
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .cmd
+                    .send_request(&peer, InboundBytes { bytes, total_len });
+                self.pending.insert(id, Pending::Raw(reply));
+            }
+            Request::Dial(addr, reply) => {
+                let r = self.swarm.dial(addr.clone()).map_err(|e| HandleError::Request {
+                    peer: peer_of(&addr).unwrap_or(PeerId::random()),
+                    reason: e.to_string(),
+                });
+                let _ = reply.send(r);
+            }
+            Request::Shutdown(_) => {}
+        }
+    }
+
+    /// Sends `command` to `peer`; logs the seed's `[MSG]` block when `loud`.
+    pub(crate) fn send_command(&mut self, peer: PeerId, command: Command, pending: Pending, loud: bool) {
+        let req = ProtoRequest {
+            header: Header {
+                request_id: format!("req-{}", unix_nanos()),
+                from: self.local().to_string(),
+                to: peer.to_string(),
+                timestamp: unix_now(),
+            },
+            command,
+        };
+        let raw = req.to_raw();
+        let bytes = encode_request(&raw);
+        let total_len = bytes.len() as u64;
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .cmd
+            .send_request(&peer, InboundBytes { bytes, total_len });
+        if loud {
+            msglog::sent(&peer, id, &raw);
+        } else {
+            debug!(target: msglog::MSG, %peer, command = raw.command, ?id, "sent");
+        }
+        if matches!(pending, Pending::Sync) {
+            self.emit(Event::SyncSent {
+                to: peer,
+                request_id: raw.request_id.clone(),
+            });
+        }
+        self.metrics.count_command(&raw.command, "outbound", "sent".into());
+        self.pending.insert(id, pending);
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.metrics.libp2p.record(&event);
+        match event {
+            SwarmEvent::Behaviour(ev) => self.on_behaviour_event(ev),
+            SwarmEvent::NewListenAddr { listener_id, address } => self.on_new_listen_addr(listener_id, address),
+            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                if let Err(e) = reason {
+                    warn!(target: "shardswarm::peer", error = %e, "listener closed");
+                }
+                self.listener_settled(listener_id);
+            }
+            SwarmEvent::ListenerError { listener_id, error } => {
+                warn!(target: "shardswarm::peer", error = %error, "listener error");
+                self.listener_settled(listener_id);
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, connection_id, endpoint, .. } => {
+                debug!(target: "shardswarm::peer", peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                self.metrics.connected_peers.set(self.swarm.connected_peers().count() as i64);
+                if num_established.get() == 1 {
+                    self.peers.entry(peer_id).or_default();
+                    if let RoleState::Node(_) = self.role {
+                        self.node_connected(peer_id, connection_id);
+                    }
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
+                self.metrics.connected_peers.set(self.swarm.connected_peers().count() as i64);
+                if num_established == 0 {
+                    debug!(target: "shardswarm::peer", peer = %peer_id, "disconnected");
+                    self.peers.remove(&peer_id);
+                    if let RoleState::Node(_) = self.role {
+                        self.node_disconnected(peer_id);
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, connection_id } => {
+                debug!(target: "shardswarm::peer", peer = ?peer_id, error = %error, "dial failed");
+                if let RoleState::Node(_) = self.role {
+                    self.node_dial_failed(peer_id, connection_id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_new_listen_addr(&mut self, listener_id: ListenerId, address: Multiaddr) {
+        let full = address.clone().with_p2p(self.local()).unwrap_or(address.clone());
+        info!(target: "shardswarm::peer", "listening on {full}");
+        self.swarm.add_external_address(address.clone());
+        self.listen_addrs.push(full);
+        self.listener_settled(listener_id);
+    }
+
+    fn listener_settled(&mut self, listener_id: ListenerId) {
+        self.listeners_pending.remove(&listener_id);
+        if self.listeners_pending.is_empty() && !self.listen_addrs.is_empty() {
+            let mut addrs = self.listen_addrs.clone();
+            addrs.sort_by_key(|a| !a.iter().any(|p| matches!(p, Protocol::QuicV1)));
+            if let RoleState::Server(_) = self.role {
+                self.write_server_addrs(&addrs);
+            }
+            self.listen_tx.send_replace(Some(addrs));
+        }
+    }
+
+    fn on_behaviour_event(&mut self, ev: BehaviourEvent) {
+        match ev {
+            BehaviourEvent::Cmd(ev) => self.on_cmd_event(ev),
+            BehaviourEvent::Identify(ev) => {
+                self.metrics.libp2p.record(&ev);
+                if let identify::Event::Received { peer_id, info, .. } = ev {
+                    self.on_identified(peer_id, info);
+                }
+            }
+            BehaviourEvent::Kad(ev) => {
+                self.metrics.libp2p.record(&ev);
+                if let kad::Event::RoutingUpdated { peer, .. } = ev {
+                    debug!(target: "shardswarm::dht", %peer, "routing updated");
+                }
+            }
+            BehaviourEvent::Ping(ev) => self.metrics.libp2p.record(&ev),
+            BehaviourEvent::RendezvousClient(ev) => self.on_rendezvous_client(ev),
+            BehaviourEvent::RendezvousServer(ev) => {
+                debug!(target: "shardswarm::rendezvous", ?ev, "rendezvous server event");
+            }
+        }
+    }
+
+    fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
+        let role = role_of_agent(&info.agent_version);
+        if role.is_none() {
+            debug!(target: "shardswarm::peer", %peer, agent = info.agent_version, "not a shardswarm peer");
+            return;
+        }
+        if info.protocols.contains(&KAD_PROTOCOL) {
+            for addr in &info.listen_addrs {
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            }
+        }
+        let entry = self.peers.entry(peer).or_default();
+        let first = entry.role.is_none();
+        entry.role = role;
+        entry.addrs = info.listen_addrs;
+        if first && role == Some(Role::Node) {
+            self.emit(Event::PeerDiscovered { peer });
+            if let RoleState::Server(_) = self.role {
+                self.send_command(peer, Command::GetNodeStatus, Pending::NodeStatus, false);
+            }
+        }
+    }
+
+    fn on_cmd_event(&mut self, ev: request_response::Event<InboundBytes, Vec<u8>>) {
+        use request_response::{Event as RrEvent, Message};
+        match ev {
+            RrEvent::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+                let local = self.local();
+                let outcome = dispatch(self, local, peer, &request, unix_now());
+                let error = outcome.response.error_body().map(|e| e.code);
+                let status = error.map(|c| c.to_string()).unwrap_or_else(|| "success".into());
+                let command = outcome.request.as_ref().map(|r| r.command.name()).unwrap_or("UNKNOWN");
+                self.metrics.count_command(command, "inbound", status);
+                if let Some(err) = outcome.response.error_body() {
+                    warn!(target: "shardswarm::cmd", %peer, command = outcome.response.command, code = %err.code, "refused: {}", err.message);
+                }
+                let bytes = encode_response(&outcome.response);
+                if self.swarm.behaviour_mut().cmd.send_response(channel, bytes).is_err() {
+                    debug!(target: "shardswarm::cmd", %peer, "response channel closed");
+                }
+                self.emit(Event::RequestServed { peer, command: outcome.response.command, error });
+            }
+            RrEvent::Message { peer, message: Message::Response { request_id, response }, .. } => {
+                match self.pending.remove(&request_id) {
+                    Some(Pending::Raw(tx)) => {
+                        let _ = tx.send(Ok(response));
+                    }
+                    Some(Pending::Sync) => self.on_sync_response(peer, &response),
+                    Some(Pending::NodeStatus) => self.on_node_status_response(peer, &response),
+                    Some(Pending::Notify) | None => {}
+                }
+            }
+            RrEvent::OutboundFailure { peer, request_id, error, .. } => {
+                debug!(target: "shardswarm::cmd", %peer, %error, "request failed");
+                match self.pending.remove(&request_id) {
+                    Some(Pending::Raw(tx)) => {
+                        let _ = tx.send(Err(HandleError::Request { peer, reason: error.to_string() }));
+                    }
+                    Some(Pending::Sync) => self.on_sync_failed(peer, &error.to_string()),
+                    _ => {}
+                }
+            }
+            RrEvent::InboundFailure { peer, error, .. } => {
+                debug!(target: "shardswarm::cmd", %peer, %error, "inbound request failed");
+            }
+            RrEvent::ResponseSent { .. } => {}
+        }
+    }
+
+    /// This peer's own status.
+    pub(crate) fn node_status(&self) -> NodeStatus {
+        let (role, verified) = match &self.role {
+            RoleState::Server(s) => (Role::Server, s.catalog.files.iter().map(|f| f.shard_index).collect()),
+            RoleState::Node(n) => (Role::Node, n.present.clone()),
+        };
+        NodeStatus {
+            peer_id: self.local().to_string(),
+            role,
+            addresses: self.listen_addrs.iter().map(ToString::to_string).collect(),
+            loaded: Vec::new(),
+            verified,
+            downloading: Vec::new(),
+        }
+    }
+
+    /// The swarm as this peer sees it.
+    pub(crate) fn swarm_status(&self) -> shardswarm_proto::SwarmStatus {
+        let mut nodes = vec![self.node_status()];
+        nodes.extend(self.peers.values().filter_map(|p| p.status.clone()));
+        let (model, model_id, files) = match &self.role {
+            RoleState::Server(s) => (s.catalog.model.as_str(), s.catalog.model_id.as_str(), &s.catalog.files[..]),
+            RoleState::Node(n) => match &n.catalog {
+                Some(c) => (c.model.as_str(), c.model_id.as_str(), &c.files[..]),
+                None => ("", "", &[][..]),
+            },
+        };
+        let status = crate::status::swarm_status(model, model_id, files, nodes);
+        self.metrics.swarm_ready.set(i64::from(status.swarm_ready));
+        status
+    }
+}
+
+/// The `/p2p/` peer ID at the end of `addr`, if any.
+pub(crate) fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}

@@ -1,0 +1,213 @@
+//! The libp2p adapter of shardswarm: one event loop that owns the `Swarm`, in the server role
+//! (catalog, rendezvous server, DHT bootstrap) or the node role (join, sync, discover).
+//!
+//! Start a peer with [`start_server`] or [`start_node`]; talk to it through the returned
+//! [`Handle`].
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod behaviour;
+pub mod catalog;
+mod codec;
+pub mod config;
+mod dispatch;
+mod event_loop;
+mod handle;
+pub mod hash_cache;
+pub mod identity;
+pub mod metrics;
+mod msglog;
+mod node_role;
+mod respond;
+mod server_role;
+pub mod status;
+pub mod store;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, Swarm, noise, tcp, yamux};
+use prometheus_client::registry::Registry;
+use shardswarm_proto::status::Role;
+use tokio::sync::{broadcast, mpsc, watch};
+use tracing::info;
+
+pub use behaviour::{RENDEZVOUS_NAMESPACE, agent_version};
+pub use codec::{CMD_PROTOCOL, InboundBytes};
+pub use config::{CommonConfig, NodeConfig, ServerConfig, ShardPolicy, Transports};
+pub use handle::{Event, Handle, HandleError};
+pub use msglog::seed_json;
+
+use crate::behaviour::Behaviour;
+use crate::catalog::{Catalog, CatalogError};
+use crate::event_loop::{EventLoop, RoleState};
+use crate::hash_cache::HashCache;
+use crate::node_role::NodeState;
+use crate::server_role::ServerState;
+
+/// Why a peer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory is unusable.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The identity key could not be loaded or created.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// The shards directory cannot be served.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The transport could not be built.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// No listen address could be bound.
+    #[error("cannot listen on any of {addrs:?}: {reason}")]
+    Listen {
+        /// The addresses tried.
+        addrs: Vec<String>,
+        /// The last error.
+        reason: String,
+    },
+}
+
+fn uses(addr: &Multiaddr, quic: bool) -> bool {
+    let is_quic = addr.iter().any(|p| matches!(p, Protocol::QuicV1));
+    is_quic == quic
+}
+
+fn build_swarm(common: &CommonConfig, role: Role) -> Result<(Swarm<Behaviour>, Registry), StartError> {
+    std::fs::create_dir_all(&common.data_dir).map_err(|source| StartError::DataDir {
+        path: common.data_dir.clone(),
+        source,
+    })?;
+    let key = identity::load_or_create(&common.data_dir.join("identity.key"))?;
+    let mut registry = Registry::default();
+    let timeout = common.request_timeout;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| StartError::Transport(e.to_string()))?
+        .with_quic()
+        .with_dns()
+        .map_err(|e| StartError::Transport(e.to_string()))?
+        .with_bandwidth_metrics(&mut registry)
+        .with_behaviour(|key| Behaviour::new(key, role, timeout))
+        .map_err(|e| StartError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    Ok((swarm, registry))
+}
+
+fn spawn(
+    mut swarm: Swarm<Behaviour>,
+    registry: Registry,
+    common: &CommonConfig,
+    role: RoleState,
+) -> Result<Started, StartError> {
+    let t = common.transports;
+    let mut listeners = HashSet::new();
+    let mut last_err = String::from("no address allowed by the enabled transports");
+    for addr in &common.listen {
+        if !(t.quic && uses(addr, true) || t.tcp && uses(addr, false)) {
+            continue;
+        }
+        match swarm.listen_on(addr.clone()) {
+            Ok(id) => {
+                listeners.insert(id);
+            }
+            Err(e) => {
+                tracing::warn!(target: "shardswarm::peer", %addr, error = %e, "cannot listen");
+                last_err = e.to_string();
+            }
+        }
+    }
+    if listeners.is_empty() {
+        return Err(StartError::Listen {
+            addrs: common.listen.iter().map(ToString::to_string).collect(),
+            reason: last_err,
+        });
+    }
+    let peer_id = *swarm.local_peer_id();
+    let (tx, rx) = mpsc::channel(64);
+    let (events, first_rx) = broadcast::channel(1024);
+    let (listen_tx, listen_rx) = watch::channel(None);
+    let metrics = Arc::new(metrics::Metrics::new(registry));
+    let event_loop = EventLoop {
+        swarm,
+        rx,
+        events: events.clone(),
+        listen_tx,
+        metrics: metrics.clone(),
+        data_dir: common.data_dir.clone(),
+        role,
+        peers: HashMap::new(),
+        pending: HashMap::new(),
+        listeners_pending: listeners,
+        listen_addrs: Vec::new(),
+    };
+    tokio::spawn(event_loop.run());
+    let handle = Handle {
+        tx,
+        events,
+        listen: listen_rx,
+        peer_id,
+        metrics,
+    };
+    Ok(Started {
+        handle,
+        events: first_rx,
+    })
+}
+
+/// A freshly started peer: its handle and every event since it started.
+#[derive(Debug)]
+pub struct Started {
+    /// The handle.
+    pub handle: Handle,
+    /// Events from the very start (later subscribers use [`Handle::subscribe`]).
+    pub events: broadcast::Receiver<Event>,
+}
+
+/// Starts the rendezvous server: builds the catalog (hashing only what the cache lacks), then
+/// listens. Must be called inside a tokio runtime.
+pub async fn start_server(cfg: ServerConfig) -> Result<Started, StartError> {
+    let mut cache = HashCache::open(&cfg.common.data_dir.join("catalog"));
+    let shards_dir = cfg.shards_dir.clone();
+    let (catalog, cache) = tokio::task::spawn_blocking(move || {
+        let c = Catalog::load(&shards_dir, &mut cache);
+        (c, cache)
+    })
+    .await
+    .map_err(|e| StartError::Transport(format!("catalog task: {e}")))?;
+    let catalog = catalog?;
+    info!(target: "shardswarm::catalog", model = catalog.model, model_id = catalog.model_id,
+        shards = catalog.total_shards(), "catalog ready");
+    let (swarm, registry) = build_swarm(&cfg.common, Role::Server)?;
+    let state = ServerState {
+        shards_dir: cfg.shards_dir.clone(),
+        cache,
+        rescan_interval: cfg.rescan_interval,
+        next_rescan: Instant::now() + cfg.rescan_interval,
+        next_poll: Instant::now(),
+        catalog,
+    };
+    let shards = state.catalog.total_shards();
+    let started = spawn(swarm, registry, &cfg.common, RoleState::Server(Box::new(state)))?;
+    started.handle.metrics.catalog_shards.set(i64::from(shards));
+    Ok(started)
+}
+
+/// Starts a node: listens, dials the server (or the given peers) and syncs by itself.
+/// Must be called inside a tokio runtime.
+pub async fn start_node(cfg: NodeConfig) -> Result<Started, StartError> {
+    let (swarm, registry) = build_swarm(&cfg.common, Role::Node)?;
+    let common = cfg.common.clone();
+    let state = NodeState::new(cfg);
+    spawn(swarm, registry, &common, RoleState::Node(Box::new(state)))
+}

@@ -1,0 +1,99 @@
+//! Prometheus metrics of a peer: libp2p's own (libp2p-metrics, bandwidth included) under their
+//! names, ours under `shardswarm_`.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of `shardswarm_commands_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    /// The command name (`UNKNOWN` for names this peer does not know).
+    pub command: String,
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
+    /// `success` or the error code.
+    pub status: String,
+}
+
+/// The metrics of one peer.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub(crate) libp2p: libp2p::metrics::Metrics,
+    pub(crate) commands: Family<CommandLabels, Counter>,
+    pub(crate) connected_peers: Gauge,
+    pub(crate) catalog_shards: Gauge,
+    pub(crate) swarm_ready: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Registers everything into `registry` (which the transport's bandwidth metrics already use).
+    pub fn new(mut registry: Registry) -> Self {
+        let libp2p = libp2p::metrics::Metrics::new(&mut registry);
+        let commands = Family::<CommandLabels, Counter>::default();
+        registry.register(
+            "shardswarm_commands",
+            "Command-protocol requests by command, direction and outcome",
+            commands.clone(),
+        );
+        let connected_peers = Gauge::default();
+        registry.register(
+            "shardswarm_connected_peers",
+            "Peers with at least one open connection",
+            connected_peers.clone(),
+        );
+        let catalog_shards = Gauge::default();
+        registry.register(
+            "shardswarm_catalog_shards",
+            "Shards in the catalog this peer knows",
+            catalog_shards.clone(),
+        );
+        let swarm_ready = Gauge::default();
+        registry.register(
+            "shardswarm_swarm_ready",
+            "1 when every shard is loaded by a live node",
+            swarm_ready.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            libp2p,
+            commands,
+            connected_peers,
+            catalog_shards,
+            swarm_ready,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = match self.registry.lock() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub(crate) fn count_command(&self, command: &str, direction: &'static str, status: String) {
+        self.commands
+            .get_or_create(&CommandLabels {
+                command: command.to_owned(),
+                direction,
+                status,
+            })
+            .inc();
+    }
+}
