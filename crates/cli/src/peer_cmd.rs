@@ -88,7 +88,11 @@ async fn shutdown_signal() {
 
 /// Prints the addresses, serves HTTP if asked, waits for a signal, then shuts down.
 async fn serve_until_signal(handle: Handle, http: Option<String>, data_dir: PathBuf) -> Result<()> {
-    for addr in handle.listen_addrs().await.context("peer stopped before listening")? {
+    for addr in handle
+        .listen_addrs()
+        .await
+        .context("peer stopped before listening")?
+    {
         println!("listening on {addr}");
     }
     let (stop_http_tx, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
@@ -107,9 +111,11 @@ async fn serve_until_signal(handle: Handle, http: Option<String>, data_dir: Path
     let _ = stop_http_tx.send(());
     let stop = async {
         handle.shutdown().await;
+        tracing::debug!(target: "shardswarm::peer", "peer stopped");
         if let Some(t) = http_task {
             let _ = t.await;
         }
+        tracing::debug!(target: "shardswarm::peer", "http stopped");
     };
     if tokio::time::timeout(SHUTDOWN_GRACE, stop).await.is_err() {
         warn!(target: "shardswarm::peer", "shutdown took longer than {SHUTDOWN_GRACE:?}; exiting anyway");
@@ -128,10 +134,13 @@ pub(crate) fn run_server(args: ServerArgs) -> Result<()> {
         shards_dir: args.shards_dir,
         rescan_interval: Duration::from_secs(10),
     };
-    runtime()?.block_on(async move {
+    let rt = runtime()?;
+    let result = rt.block_on(async move {
         let handle = shardswarm_node::start_server(cfg).await?.handle;
         serve_until_signal(handle, Some(args.http), args.data_dir).await
-    })
+    });
+    rt.shutdown_timeout(Duration::from_millis(100));
+    result
 }
 
 pub(crate) fn run_node(args: NodeArgs) -> Result<()> {
@@ -150,8 +159,11 @@ pub(crate) fn run_node(args: NodeArgs) -> Result<()> {
         shards: args.shards,
         max_shards: args.max_shards,
     };
-    runtime()?.block_on(async move {
+    let rt = runtime()?;
+    let result = rt.block_on(async move {
         let handle = shardswarm_node::start_node(cfg).await?.handle;
         serve_until_signal(handle, args.http, args.data_dir).await
-    })
+    });
+    rt.shutdown_timeout(Duration::from_millis(100));
+    result
 }

@@ -30,7 +30,8 @@ pub(crate) fn run(args: StatusArgs) -> Result<()> {
         .with_context(|| format!("GET {url}"))?
         .into_string()
         .context("reading the status")?;
-    let status: SwarmStatus = serde_json::from_str(&body).with_context(|| format!("{url} did not return a status"))?;
+    let status: SwarmStatus =
+        serde_json::from_str(&body).with_context(|| format!("{url} did not return a status"))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
@@ -41,7 +42,11 @@ pub(crate) fn run(args: StatusArgs) -> Result<()> {
 
 fn short(peer: &str) -> String {
     let n = peer.len();
-    if n > 10 { format!("…{}", &peer[n - 8..]) } else { peer.to_owned() }
+    if n > 10 {
+        format!("…{}", &peer[n - 8..])
+    } else {
+        peer.to_owned()
+    }
 }
 
 /// The status as a human-readable table.
@@ -52,12 +57,27 @@ pub(crate) fn table(s: &SwarmStatus) -> String {
     } else {
         format!("not ready (missing shards: {:?})", s.missing)
     };
-    let _ = writeln!(out, "model {} ({}), {} shards: {ready}", s.model, s.model_id, s.total_shards);
-    let _ = writeln!(out, "{:>5}  {:>9}  {:>12}  loaded by", "shard", "layers", "bytes");
+    let _ = writeln!(
+        out,
+        "model {} ({}), {} shards: {ready}",
+        s.model, s.model_id, s.total_shards
+    );
+    let _ = writeln!(
+        out,
+        "{:>5}  {:>9}  {:>12}  loaded by",
+        "shard", "layers", "bytes"
+    );
     for sh in &s.shards {
         let by: Vec<String> = sh.loaded_by.iter().map(|p| short(p)).collect();
         let layers = format!("{}..{}", sh.layers[0], sh.layers[1]);
-        let _ = writeln!(out, "{:>5}  {:>9}  {:>12}  {}", sh.index, layers, sh.size, by.join(" "));
+        let _ = writeln!(
+            out,
+            "{:>5}  {:>9}  {:>12}  {}",
+            sh.index,
+            layers,
+            sh.size,
+            by.join(" ")
+        );
     }
     let _ = writeln!(out, "{} peer(s):", s.nodes.len());
     for n in &s.nodes {

@@ -10,8 +10,11 @@ pub(crate) fn export(file: &Path, output: Option<&Path>) -> Result<()> {
         .file_name()
         .and_then(|n| n.to_str())
         .with_context(|| format!("{} has no usable file name", file.display()))?;
-    let meta = Metainfo::from_file(file, name, None).with_context(|| format!("hashing {}", file.display()))?;
-    let out = output.map(Path::to_path_buf).unwrap_or_else(|| format!("{name}.torrent").into());
+    let meta = Metainfo::from_file(file, name, None)
+        .with_context(|| format!("hashing {}", file.display()))?;
+    let out = output
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| format!("{name}.torrent").into());
     shardswarm_node::hash_cache::write_atomic(&out, &meta.to_torrent_bytes())
         .with_context(|| format!("writing {}", out.display()))?;
     eprintln!(

@@ -30,7 +30,11 @@ impl IntoResponse for ApiError {
         let (status, code) = match self {
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "NOT_READY"),
         };
-        (status, Json(json!({"error": {"code": code, "message": self.to_string()}}))).into_response()
+        (
+            status,
+            Json(json!({"error": {"code": code, "message": self.to_string()}})),
+        )
+            .into_response()
     }
 }
 
@@ -42,13 +46,22 @@ pub fn router(handle: Handle) -> Router {
         .with_state(handle)
 }
 
-async fn status(State(handle): State<Handle>) -> Result<Json<shardswarm_proto::SwarmStatus>, ApiError> {
-    handle.swarm_status().await.map(Json).map_err(|_| ApiError::Unavailable)
+async fn status(
+    State(handle): State<Handle>,
+) -> Result<Json<shardswarm_proto::SwarmStatus>, ApiError> {
+    handle
+        .swarm_status()
+        .await
+        .map(Json)
+        .map_err(|_| ApiError::Unavailable)
 }
 
 async fn metrics(State(handle): State<Handle>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         handle.metrics().encode(),
     )
 }
@@ -81,25 +94,39 @@ pub async fn serve<S>(
     addr: &str,
     data_dir: &Path,
     shutdown: S,
-) -> Result<(SocketAddr, impl Future<Output = std::io::Result<()>> + Send + use<S>), ServeError>
+) -> Result<
+    (
+        SocketAddr,
+        impl Future<Output = std::io::Result<()>> + Send + use<S>,
+    ),
+    ServeError,
+>
 where
     S: Future<Output = ()> + Send + 'static,
 {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind {
-        addr: addr.to_owned(),
-        source,
-    })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })?;
     let local = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: addr.to_owned(),
         source,
     })?;
     let path = data_dir.join("http.addr");
-    shardswarm_node::hash_cache::write_atomic(&path, format!("{local}\n").as_bytes()).map_err(|source| ServeError::AddrFile {
-        path: path.display().to_string(),
-        source,
-    })?;
+    shardswarm_node::hash_cache::write_atomic(&path, format!("{local}\n").as_bytes()).map_err(
+        |source| ServeError::AddrFile {
+            path: path.display().to_string(),
+            source,
+        },
+    )?;
     info!(target: "shardswarm::http", "HTTP API on http://{local}");
     let app = router(handle);
-    let fut = async move { axum::serve(listener, app).with_graceful_shutdown(shutdown).await };
+    let fut = async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    };
     Ok((local, fut))
 }

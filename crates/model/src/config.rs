@@ -74,7 +74,9 @@ pub struct LlamaConfig {
 }
 
 pub(crate) fn get<'a>(md: &'a HashMap<String, Value>, key: &str) -> Result<&'a Value, ConfigError> {
-    md.get(key).ok_or_else(|| ConfigError::MissingKey { key: key.to_string() })
+    md.get(key).ok_or_else(|| ConfigError::MissingKey {
+        key: key.to_string(),
+    })
 }
 
 /// Any integer metadata value as `u64` (GGUF writers disagree on integer widths).
@@ -111,17 +113,25 @@ pub(crate) fn get_f64(md: &HashMap<String, Value>, key: &str) -> Result<f64, Con
     match get(md, key)? {
         Value::F32(x) => Ok(f64::from(*x)),
         Value::F64(x) => Ok(*x),
-        other => as_u64(other).map(|x| x as f64).ok_or_else(|| ConfigError::WrongType {
-            key: key.to_string(),
-            expected: "a number",
-        }),
+        other => as_u64(other)
+            .map(|x| x as f64)
+            .ok_or_else(|| ConfigError::WrongType {
+                key: key.to_string(),
+                expected: "a number",
+            }),
     }
 }
 
-pub(crate) fn get_str<'a>(md: &'a HashMap<String, Value>, key: &str) -> Result<&'a str, ConfigError> {
+pub(crate) fn get_str<'a>(
+    md: &'a HashMap<String, Value>,
+    key: &str,
+) -> Result<&'a str, ConfigError> {
     match get(md, key)? {
         Value::String(s) => Ok(s.as_str()),
-        _ => Err(ConfigError::WrongType { key: key.to_string(), expected: "a string" }),
+        _ => Err(ConfigError::WrongType {
+            key: key.to_string(),
+            expected: "a string",
+        }),
     }
 }
 
@@ -136,7 +146,10 @@ impl LlamaConfig {
     /// Reads the configuration from a parsed GGUF header (a whole model or a shard).
     pub fn from_content(content: &Content) -> Result<Self, ConfigError> {
         Self::from_metadata(&content.metadata, |name| {
-            content.tensor_infos.get(name).map(|t| t.shape.dims().to_vec())
+            content
+                .tensor_infos
+                .get(name)
+                .map(|t| t.shape.dims().to_vec())
         })
     }
 
@@ -158,9 +171,11 @@ impl LlamaConfig {
                 reason: format!("mixture-of-experts models ({n} experts) are not supported"),
             });
         }
-        let block_count = u32::try_from(get_u64(md, &k("block_count"))?).map_err(|_| {
-            ConfigError::WrongType { key: k("block_count"), expected: "a u32" }
-        })?;
+        let block_count =
+            u32::try_from(get_u64(md, &k("block_count"))?).map_err(|_| ConfigError::WrongType {
+                key: k("block_count"),
+                expected: "a u32",
+            })?;
         let embedding_length = get_usize(md, &k("embedding_length"))?;
         let feed_forward_length = get_usize(md, &k("feed_forward_length"))?;
         let head_count = get_usize(md, &k("attention.head_count"))?;
@@ -200,7 +215,9 @@ impl LlamaConfig {
         let rms_norm_eps = get_f64(md, &k("attention.layer_norm_rms_epsilon"))?;
         let context_length = get_usize(md, &k("context_length"))?;
         if context_length == 0 {
-            return Err(ConfigError::Unsupported { reason: "context length 0".to_string() });
+            return Err(ConfigError::Unsupported {
+                reason: "context length 0".to_string(),
+            });
         }
         let vocab_size = match get_usize(md, &k("vocab_size")) {
             Ok(n) => n,
@@ -209,7 +226,9 @@ impl LlamaConfig {
                 _ => tensor_dims("token_embd.weight")
                     .or_else(|| tensor_dims("output.weight"))
                     .and_then(|d| d.first().copied())
-                    .ok_or_else(|| ConfigError::MissingKey { key: k("vocab_size") })?,
+                    .ok_or_else(|| ConfigError::MissingKey {
+                        key: k("vocab_size"),
+                    })?,
             },
             Err(e) => return Err(e),
         };
@@ -248,7 +267,10 @@ mod tests {
         ] {
             m.insert(format!("{arch}.{key}"), Value::U32(v));
         }
-        m.insert(format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(1e-5));
+        m.insert(
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            Value::F32(1e-5),
+        );
         m.insert(format!("{arch}.vocab_size"), Value::U32(300));
         m
     }

@@ -65,7 +65,11 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_tokens: 256, sampler: SamplerConfig::default(), ignore_eos: false }
+        Self {
+            max_tokens: 256,
+            sampler: SamplerConfig::default(),
+            ignore_eos: false,
+        }
     }
 }
 
@@ -125,12 +129,20 @@ pub struct Generator {
 
 /// `shard-N.gguf` files of a directory, sorted by N.
 pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, GenerateError> {
-    let io = |source| GenerateError::Io { path: dir.to_path_buf(), source };
+    let io = |source| GenerateError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if let Some(n) = name.strip_prefix("shard-").and_then(|r| r.strip_suffix(".gguf"))
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if let Some(n) = name
+            .strip_prefix("shard-")
+            .and_then(|r| r.strip_suffix(".gguf"))
             && let Ok(n) = n.parse::<u32>()
         {
             found.push((n, path));
@@ -153,7 +165,10 @@ impl Generator {
     /// Every `shard-N.gguf` of `dir`, chained in layer order.
     pub fn load_shards_dir(dir: &Path, device: &Device) -> Result<Self, GenerateError> {
         let files = shard_files(dir)?;
-        let stages = files.iter().map(|f| Stage::load(f, device)).collect::<Result<Vec<_>, _>>()?;
+        let stages = files
+            .iter()
+            .map(|f| Stage::load(f, device))
+            .collect::<Result<Vec<_>, _>>()?;
         let tokenizer = GgufTokenizer::from_file(&files[0])?;
         Self::new(stages, tokenizer)
     }
@@ -162,7 +177,9 @@ impl Generator {
     pub fn new(mut stages: Vec<Stage>, tokenizer: GgufTokenizer) -> Result<Self, GenerateError> {
         stages.sort_by_key(|s| s.layers().start);
         let chain = |m: String| Err(GenerateError::Chain(m));
-        let Some(first) = stages.first() else { return chain("no stages".into()) };
+        let Some(first) = stages.first() else {
+            return chain("no stages".into());
+        };
         let cfg = first.config().clone();
         let mut next = 0;
         for s in &stages {
@@ -170,13 +187,19 @@ impl Generator {
                 return chain(format!("layers {:?} follow layer {next}", s.layers()));
             }
             let c = s.config();
-            if c.block_count != cfg.block_count || c.embedding_length != cfg.embedding_length || c.vocab_size != cfg.vocab_size {
+            if c.block_count != cfg.block_count
+                || c.embedding_length != cfg.embedding_length
+                || c.vocab_size != cfg.vocab_size
+            {
                 return chain(format!("stage {:?} is from a different model", s.layers()));
             }
             next = s.layers().end;
         }
         if next != cfg.block_count {
-            return chain(format!("layers end at {next}, the model has {}", cfg.block_count));
+            return chain(format!(
+                "layers end at {next}, the model has {}",
+                cfg.block_count
+            ));
         }
         if !first.has_embedding() || !stages.last().is_some_and(Stage::has_head) {
             return chain("the first stage needs the embedding and the last the head".into());
@@ -201,18 +224,37 @@ impl Generator {
 
     /// `prompt` wrapped in the model's chat template as one user turn.
     pub fn chat_prompt(&self, prompt: &str) -> Result<String, GenerateError> {
-        let src = self.tokenizer.chat_template().ok_or(TemplateError::Missing)?;
-        let text = |id: Option<u32>| id.and_then(|i| self.tokenizer.token_text(i)).unwrap_or_default();
-        let t = ChatTemplate::new(src, &text(self.tokenizer.bos_id()), &text(self.tokenizer.eos_id()))?;
+        let src = self
+            .tokenizer
+            .chat_template()
+            .ok_or(TemplateError::Missing)?;
+        let text = |id: Option<u32>| {
+            id.and_then(|i| self.tokenizer.token_text(i))
+                .unwrap_or_default()
+        };
+        let t = ChatTemplate::new(
+            src,
+            &text(self.tokenizer.bos_id()),
+            &text(self.tokenizer.eos_id()),
+        )?;
         Ok(t.render_user_prompt(prompt)?)
     }
 
     fn new_caches(&self, capacity: usize) -> Result<Vec<KvCache>, GenerateError> {
-        Ok(self.stages.iter().map(|s| s.new_cache(capacity)).collect::<Result<Vec<_>, _>>()?)
+        Ok(self
+            .stages
+            .iter()
+            .map(|s| s.new_cache(capacity))
+            .collect::<Result<Vec<_>, _>>()?)
     }
 
     /// Runs `tokens` at `pos` through every stage and returns the last position's logits.
-    fn step(&self, tokens: &[u32], pos: usize, caches: &mut [KvCache]) -> Result<Vec<f32>, GenerateError> {
+    fn step(
+        &self,
+        tokens: &[u32],
+        pos: usize,
+        caches: &mut [KvCache],
+    ) -> Result<Vec<f32>, GenerateError> {
         let mut h = self.stages[0].embed(tokens)?;
         for (stage, cache) in self.stages.iter().zip(caches.iter_mut()) {
             h = stage.forward_layers(&h, pos, cache)?;
@@ -251,7 +293,10 @@ impl Generator {
             return Err(GenerateError::EmptyPrompt);
         }
         if prompt.len() > context {
-            return Err(GenerateError::PromptTooLong { tokens: prompt.len(), context });
+            return Err(GenerateError::PromptTooLong {
+                tokens: prompt.len(),
+                context,
+            });
         }
         let mut caches = self.new_caches((prompt.len() + opts.max_tokens).min(context))?;
         let mut sampler = Sampler::new(opts.sampler.clone());

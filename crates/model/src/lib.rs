@@ -2,12 +2,12 @@
 //! layer-range llama forward and sampler. The only crate that uses candle.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-pub mod gguf;
-pub mod split;
 pub mod config;
 pub mod generate;
+pub mod gguf;
 pub mod llama;
 pub mod sampler;
+pub mod split;
 pub mod synth;
 pub mod template;
 pub mod tokenizer;

@@ -28,14 +28,24 @@ pub struct SamplerConfig {
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        Self { temperature: 0.8, top_k: 40, top_p: 0.95, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 }
+        Self {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0,
+        }
     }
 }
 
 impl SamplerConfig {
     /// Greedy decoding.
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, ..Self::default() }
+        Self {
+            temperature: 0.0,
+            ..Self::default()
+        }
     }
 }
 
@@ -154,7 +164,11 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy_at_any_temperature() {
-        let mut s = Sampler::new(SamplerConfig { temperature: 5.0, top_k: 1, ..Default::default() });
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 5.0,
+            top_k: 1,
+            ..Default::default()
+        });
         for _ in 0..20 {
             assert_eq!(s.sample(&[0.0, 1.0, 0.5], &[]), 1);
         }
@@ -163,7 +177,12 @@ mod tests {
     #[test]
     fn top_p_keeps_only_the_nucleus() {
         // p = softmax([10, 0, 0, 0]) ≈ [0.9999, ...]: top_p 0.5 keeps only token 0.
-        let mut s = Sampler::new(SamplerConfig { temperature: 1.0, top_k: 0, top_p: 0.5, ..Default::default() });
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.5,
+            ..Default::default()
+        });
         for _ in 0..50 {
             assert_eq!(s.sample(&[10.0, 0.0, 0.0, 0.0], &[]), 0);
         }
@@ -171,7 +190,10 @@ mod tests {
 
     #[test]
     fn repetition_penalty_changes_the_greedy_choice() {
-        let cfg = SamplerConfig { repeat_penalty: 2.0, ..SamplerConfig::greedy() };
+        let cfg = SamplerConfig {
+            repeat_penalty: 2.0,
+            ..SamplerConfig::greedy()
+        };
         let mut s = Sampler::new(cfg);
         // 2.0 / 2 = 1.0 < 1.5
         assert_eq!(s.sample(&[2.0, 1.5], &[0]), 1);
@@ -181,20 +203,41 @@ mod tests {
 
     #[test]
     fn same_seed_same_tokens_and_temperature_spreads() {
-        let cfg = SamplerConfig { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 42, ..Default::default() };
+        let cfg = SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 42,
+            ..Default::default()
+        };
         let logits = [1.0, 1.0, 1.0, 1.0];
-        let a: Vec<u32> = { let mut s = Sampler::new(cfg.clone()); (0..64).map(|_| s.sample(&logits, &[])).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(cfg); (0..64).map(|_| s.sample(&logits, &[])).collect() };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(cfg.clone());
+            (0..64).map(|_| s.sample(&logits, &[])).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(cfg);
+            (0..64).map(|_| s.sample(&logits, &[])).collect()
+        };
         assert_eq!(a, b);
         let mut distinct = a.clone();
         distinct.sort_unstable();
         distinct.dedup();
-        assert_eq!(distinct.len(), 4, "uniform logits should reach every token in 64 draws");
+        assert_eq!(
+            distinct.len(),
+            4,
+            "uniform logits should reach every token in 64 draws"
+        );
     }
 
     #[test]
     fn non_finite_logits_are_never_sampled() {
-        let mut s = Sampler::new(SamplerConfig { temperature: 1.0, top_k: 0, top_p: 1.0, ..Default::default() });
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            ..Default::default()
+        });
         for _ in 0..50 {
             assert_eq!(s.sample(&[f32::NEG_INFINITY, 0.0, f32::NAN], &[]), 1);
         }

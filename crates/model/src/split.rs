@@ -61,7 +61,9 @@ pub enum SplitError {
         source: io::Error,
     },
     /// Only the llama architecture can be split.
-    #[error("architecture {arch:?} is not supported: shardswarm runs llama-architecture GGUFs only")]
+    #[error(
+        "architecture {arch:?} is not supported: shardswarm runs llama-architecture GGUFs only"
+    )]
     UnsupportedArchitecture {
         /// `general.architecture` of the source.
         arch: String,
@@ -153,7 +155,10 @@ pub struct SplitOutput {
 
 impl SplitOutput {
     /// Builds the manifest; `torrent` gives each shard's info-hash and piece length.
-    pub fn to_manifest<E>(&self, mut torrent: impl FnMut(&SplitShard) -> Result<(InfoHash, u64), E>) -> Result<Manifest, E> {
+    pub fn to_manifest<E>(
+        &self,
+        mut torrent: impl FnMut(&SplitShard) -> Result<(InfoHash, u64), E>,
+    ) -> Result<Manifest, E> {
         let mut shards = Vec::with_capacity(self.shards.len());
         for s in &self.shards {
             let (info_hash, piece_length) = torrent(s)?;
@@ -197,23 +202,43 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> SplitError {
 }
 
 /// Splits `source` into `shards` files `shard-{k}.gguf` in `out_dir` (created if needed).
-pub fn split(source: &Path, shards: u32, out_dir: &Path, mut progress: impl FnMut(SplitProgress)) -> Result<SplitOutput, SplitError> {
-    let gguf_err = |source_err| SplitError::Gguf { path: source.to_path_buf(), source: source_err };
+pub fn split(
+    source: &Path,
+    shards: u32,
+    out_dir: &Path,
+    mut progress: impl FnMut(SplitProgress),
+) -> Result<SplitOutput, SplitError> {
+    let gguf_err = |source_err| SplitError::Gguf {
+        path: source.to_path_buf(),
+        source: source_err,
+    };
     let g = GgufFile::open(source).map_err(gguf_err)?;
-    let arch = g.get_str("general.architecture").map_err(gguf_err)?.to_string();
+    let arch = g
+        .get_str("general.architecture")
+        .map_err(gguf_err)?
+        .to_string();
     if arch != "llama" {
         return Err(SplitError::UnsupportedArchitecture { arch });
     }
     if g.get(KEY_SHARD_COUNT).is_some() {
-        return Err(SplitError::AlreadyShard { path: source.to_path_buf() });
+        return Err(SplitError::AlreadyShard {
+            path: source.to_path_buf(),
+        });
     }
     let block_count = g.get_u32("llama.block_count").map_err(gguf_err)?;
     if shards == 0 || shards > block_count {
-        return Err(SplitError::BadShardCount { requested: shards, block_count });
+        return Err(SplitError::BadShardCount {
+            requested: shards,
+            block_count,
+        });
     }
     let places = classify(g.tensors(), block_count)?;
-    let embedding = g.tensor(EMBEDDING).ok_or_else(|| incomplete(format!("no {EMBEDDING}")))?;
-    let norm = g.tensor(OUTPUT_NORM).ok_or_else(|| incomplete(format!("no {OUTPUT_NORM}")))?;
+    let embedding = g
+        .tensor(EMBEDDING)
+        .ok_or_else(|| incomplete(format!("no {EMBEDDING}")))?;
+    let norm = g
+        .tensor(OUTPUT_NORM)
+        .ok_or_else(|| incomplete(format!("no {OUTPUT_NORM}")))?;
     let tied = g.tensor(OUTPUT).is_none();
     let head_size = g.tensor(OUTPUT).unwrap_or(embedding).size;
 
@@ -232,13 +257,20 @@ pub fn split(source: &Path, shards: u32, out_dir: &Path, mut progress: impl FnMu
 
     let source_size = g.file_len();
     let source_sha256 = hash_file(source, source_size, &mut progress)?;
-    let source_file = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let source_file = source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let model_name = match g.get_str("general.name") {
         Ok(name) if !name.is_empty() => name.to_string(),
-        _ => source.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        _ => source
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
     };
     fs::create_dir_all(out_dir).map_err(io_err(format!("creating {}", out_dir.display())))?;
-    let source_canon = fs::canonicalize(source).map_err(io_err(format!("resolving {}", source.display())))?;
+    let source_canon =
+        fs::canonicalize(source).map_err(io_err(format!("resolving {}", source.display())))?;
 
     let mut written = Vec::with_capacity(ranges.len());
     for (k, &[start, end]) in ranges.iter().enumerate() {
@@ -275,7 +307,13 @@ pub fn split(source: &Path, shards: u32, out_dir: &Path, mut progress: impl FnMu
         }
         let (size, sha256) = write_atomically(&w, &path, k, &mut progress)?;
         tracing::info!(target: "shardswarm::split", shard = k, start, end, size, "wrote {}", path.display());
-        written.push(SplitShard { index: k, filename, layers: [start, end], size, sha256 });
+        written.push(SplitShard {
+            index: k,
+            filename,
+            layers: [start, end],
+            size,
+            sha256,
+        });
     }
     Ok(SplitOutput {
         model_id: source_sha256[..16].to_string(),
@@ -305,12 +343,18 @@ fn classify(tensors: &[TensorInfo], block_count: u32) -> Result<Vec<Place>, Spli
                 let block = name
                     .strip_prefix("blk.")
                     .and_then(|rest| rest.split_once('.'))
-                    .filter(|(digits, _)| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+                    .filter(|(digits, _)| {
+                        !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+                    })
                     .and_then(|(digits, _)| digits.parse::<u32>().ok());
                 match block {
                     Some(b) if b < block_count => Ok(Place::Block(b)),
-                    Some(b) => Err(incomplete(format!("tensor {name} is in block {b} but the model has {block_count} blocks"))),
-                    None => Err(incomplete(format!("unexpected tensor {name} for the llama architecture"))),
+                    Some(b) => Err(incomplete(format!(
+                        "tensor {name} is in block {b} but the model has {block_count} blocks"
+                    ))),
+                    None => Err(incomplete(format!(
+                        "unexpected tensor {name} for the llama architecture"
+                    ))),
                 }
             }
         })
@@ -336,7 +380,10 @@ pub fn partition(costs: &[u64], parts: u32) -> Vec<[u32; 2]> {
     for k in 2..=p {
         let mut next = vec![u64::MAX; n + 1];
         for j in k..=n {
-            next[j] = (k - 1..j).map(|i| best[i].max(sum(i, j))).min().unwrap_or(u64::MAX);
+            next[j] = (k - 1..j)
+                .map(|i| best[i].max(sum(i, j)))
+                .min()
+                .unwrap_or(u64::MAX);
         }
         best = next;
     }
@@ -346,7 +393,9 @@ pub fn partition(costs: &[u64], parts: u32) -> Vec<[u32; 2]> {
         let s = sum(i, j);
         (s <= cap).then(|| u128::from(s) * u128::from(s))
     };
-    let mut cost: Vec<Option<u128>> = (0..=n).map(|j| if j == 0 { None } else { sq(0, j) }).collect();
+    let mut cost: Vec<Option<u128>> = (0..=n)
+        .map(|j| if j == 0 { None } else { sq(0, j) })
+        .collect();
     let mut cut = vec![vec![0usize; n + 1]; p + 1];
     for k in 2..=p {
         let mut next = vec![None; n + 1];
@@ -369,16 +418,24 @@ pub fn partition(costs: &[u64], parts: u32) -> Vec<[u32; 2]> {
     }
     ends.push(0);
     ends.reverse();
-    ends.windows(2).map(|w| [w[0] as u32, w[1] as u32]).collect()
+    ends.windows(2)
+        .map(|w| [w[0] as u32, w[1] as u32])
+        .collect()
 }
 
-fn hash_file(path: &Path, total: u64, progress: &mut impl FnMut(SplitProgress)) -> Result<String, SplitError> {
+fn hash_file(
+    path: &Path,
+    total: u64,
+    progress: &mut impl FnMut(SplitProgress),
+) -> Result<String, SplitError> {
     let mut f = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
     loop {
-        let n = f.read(&mut buf).map_err(io_err(format!("reading {}", path.display())))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(io_err(format!("reading {}", path.display())))?;
         if n == 0 {
             break;
         }
@@ -390,21 +447,59 @@ fn hash_file(path: &Path, total: u64, progress: &mut impl FnMut(SplitProgress)) 
 }
 
 /// Writes `w` to a temp file beside `path`, fsyncs, renames; returns (size, sha256).
-fn write_atomically(w: &GgufWriter<'_>, path: &Path, shard: u32, progress: &mut impl FnMut(SplitProgress)) -> Result<(u64, String), SplitError> {
+fn write_atomically(
+    w: &GgufWriter<'_>,
+    path: &Path,
+    shard: u32,
+    progress: &mut impl FnMut(SplitProgress),
+) -> Result<(u64, String), SplitError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), std::process::id()));
-    let total = w.encoded_len().map_err(|source| SplitError::Gguf { path: path.to_path_buf(), source })?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let total = w.encoded_len().map_err(|source| SplitError::Gguf {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let file = File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
     let result = (|| {
-        let mut hashing = HashingWriter { inner: file, hash: Sha256::new(), done: 0, reported: 0, total, shard, progress };
+        let mut hashing = HashingWriter {
+            inner: file,
+            hash: Sha256::new(),
+            done: 0,
+            reported: 0,
+            total,
+            shard,
+            progress,
+        };
         let mut buffered = BufWriter::with_capacity(1 << 20, &mut hashing);
-        let size = w.write(&mut buffered).map_err(|source| SplitError::Gguf { path: tmp.clone(), source })?;
-        buffered.flush().map_err(io_err(format!("writing {}", tmp.display())))?;
+        let size = w.write(&mut buffered).map_err(|source| SplitError::Gguf {
+            path: tmp.clone(),
+            source,
+        })?;
+        buffered
+            .flush()
+            .map_err(io_err(format!("writing {}", tmp.display())))?;
         drop(buffered);
-        (hashing.progress)(SplitProgress::Writing { shard, done: size, total });
-        hashing.inner.sync_all().map_err(io_err(format!("syncing {}", tmp.display())))?;
+        (hashing.progress)(SplitProgress::Writing {
+            shard,
+            done: size,
+            total,
+        });
+        hashing
+            .inner
+            .sync_all()
+            .map_err(io_err(format!("syncing {}", tmp.display())))?;
         let sha = hex::encode(hashing.hash.finalize());
-        fs::rename(&tmp, path).map_err(io_err(format!("renaming {} to {}", tmp.display(), path.display())))?;
+        fs::rename(&tmp, path).map_err(io_err(format!(
+            "renaming {} to {}",
+            tmp.display(),
+            path.display()
+        )))?;
         Ok((size, sha))
     })();
     if result.is_err() {
@@ -434,7 +529,11 @@ impl<P: FnMut(SplitProgress)> Write for HashingWriter<'_, P> {
         self.done += n as u64;
         if self.done - self.reported >= 8 << 20 {
             self.reported = self.done;
-            (self.progress)(SplitProgress::Writing { shard: self.shard, done: self.done, total: self.total });
+            (self.progress)(SplitProgress::Writing {
+                shard: self.shard,
+                done: self.done,
+                total: self.total,
+            });
         }
         Ok(n)
     }
@@ -480,13 +579,23 @@ mod tests {
     fn partition_minimises_the_largest_part() {
         let costs = [1, 2, 3, 4, 5, 6, 7, 8, 9];
         let r = partition(&costs, 3);
-        let max = r.iter().map(|[s, e]| costs[*s as usize..*e as usize].iter().sum::<u64>()).max();
+        let max = r
+            .iter()
+            .map(|[s, e]| costs[*s as usize..*e as usize].iter().sum::<u64>())
+            .max();
         assert_eq!(max, Some(17), "{r:?}");
     }
 
     #[test]
     fn classify_refuses_unknown_and_out_of_range_tensors() {
-        let t = |name: &str| TensorInfo { name: name.into(), dims: vec![1], ggml_type: crate::gguf::GgmlType::F32, offset: 0, data_offset: 0, size: 4 };
+        let t = |name: &str| TensorInfo {
+            name: name.into(),
+            dims: vec![1],
+            ggml_type: crate::gguf::GgmlType::F32,
+            offset: 0,
+            data_offset: 0,
+            size: 4,
+        };
         assert!(classify(&[t("blk.1.attn_q.weight")], 2).is_ok());
         assert!(classify(&[t("blk.2.attn_q.weight")], 2).is_err());
         assert!(classify(&[t("blk.x.attn_q.weight")], 2).is_err());

@@ -14,8 +14,18 @@ use std::io::{BufWriter, Seek, Write};
 use std::path::Path;
 
 /// Merges of the synthetic vocabulary (byte-level symbols; `Ġ` is the space byte).
-const MERGES: &[(&str, &str)] =
-    &[("Ġ", "t"), ("h", "e"), ("i", "n"), ("e", "r"), ("a", "n"), ("Ġ", "a"), ("o", "n"), ("Ġt", "he"), ("r", "e"), ("Ġ", "s")];
+const MERGES: &[(&str, &str)] = &[
+    ("Ġ", "t"),
+    ("h", "e"),
+    ("i", "n"),
+    ("e", "r"),
+    ("a", "n"),
+    ("Ġ", "a"),
+    ("o", "n"),
+    ("Ġt", "he"),
+    ("r", "e"),
+    ("Ġ", "s"),
+];
 const SPECIALS: &[&str] = &["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
@@ -95,14 +105,24 @@ impl SynthSpec {
         if self.vocab < Self::MIN_VOCAB {
             return bad(format!("vocab {} < {}", self.vocab, Self::MIN_VOCAB));
         }
-        if self.heads == 0 || self.kv_heads == 0 || self.dim % self.heads != 0 || self.heads % self.kv_heads != 0 {
-            return bad(format!("dim {} heads {} kv_heads {}", self.dim, self.heads, self.kv_heads));
+        if self.heads == 0
+            || self.kv_heads == 0
+            || self.dim % self.heads != 0
+            || self.heads % self.kv_heads != 0
+        {
+            return bad(format!(
+                "dim {} heads {} kv_heads {}",
+                self.dim, self.heads, self.kv_heads
+            ));
         }
         if (self.dim / self.heads) % 2 != 0 || self.layers == 0 {
             return bad("odd head dimension or zero layers".into());
         }
         if self.dim % bs != 0 || self.ffn % bs != 0 {
-            return bad(format!("dim {} and ffn {} must be multiples of {bs} for {:?}", self.dim, self.ffn, self.quant));
+            return bad(format!(
+                "dim {} and ffn {} must be multiples of {bs} for {:?}",
+                self.dim, self.ffn, self.quant
+            ));
         }
         Ok(())
     }
@@ -145,14 +165,19 @@ pub fn synth_vocab(vocab: usize) -> (Vec<String>, Vec<i32>) {
 
 fn random(rng: &mut StdRng, dims: &[usize], scale: f32, offset: f32) -> Result<Tensor, SynthError> {
     let n: usize = dims.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| offset + scale * (rng.random::<f32>() * 2.0 - 1.0)).collect();
+    let v: Vec<f32> = (0..n)
+        .map(|_| offset + scale * (rng.random::<f32>() * 2.0 - 1.0))
+        .collect();
     Ok(Tensor::from_vec(v, dims, &Device::Cpu)?)
 }
 
 /// Writes the model to `path`.
 pub fn write_synth_model(path: &Path, spec: &SynthSpec) -> Result<(), SynthError> {
     spec.check()?;
-    let werr = |e: &dyn std::fmt::Display| SynthError::Write { path: path.display().to_string(), reason: e.to_string() };
+    let werr = |e: &dyn std::fmt::Display| SynthError::Write {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
     let file = std::fs::File::create(path).map_err(|e| werr(&e))?;
     let mut w = BufWriter::new(file);
     write_synth_to(&mut w, spec)?;
@@ -170,7 +195,10 @@ pub fn write_synth_to<W: Write + Seek>(w: &mut W, spec: &SynthSpec) -> Result<()
     let norm = |t: Tensor| QTensor::quantize(&t, GgmlDType::F32);
     let s_in = |n: usize| (3.0 / n as f32).sqrt();
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    tensors.push(("token_embd.weight".into(), q(random(&mut rng, &[spec.vocab, d], 1.0, 0.0)?)?));
+    tensors.push((
+        "token_embd.weight".into(),
+        q(random(&mut rng, &[spec.vocab, d], 1.0, 0.0)?)?,
+    ));
     for i in 0..spec.layers {
         let mut add = |name: &str, t: QTensor| tensors.push((format!("blk.{i}.{name}.weight"), t));
         add("attn_norm", norm(random(&mut rng, &[d], 0.1, 1.0)?)?);
@@ -183,9 +211,15 @@ pub fn write_synth_to<W: Write + Seek>(w: &mut W, spec: &SynthSpec) -> Result<()
         add("ffn_up", q(random(&mut rng, &[f, d], s_in(d), 0.0)?)?);
         add("ffn_down", q(random(&mut rng, &[d, f], s_in(f), 0.0)?)?);
     }
-    tensors.push(("output_norm.weight".into(), norm(random(&mut rng, &[d], 0.1, 1.0)?)?));
+    tensors.push((
+        "output_norm.weight".into(),
+        norm(random(&mut rng, &[d], 0.1, 1.0)?)?,
+    ));
     if !spec.tied {
-        tensors.push(("output.weight".into(), q(random(&mut rng, &[spec.vocab, d], 1.0, 0.0)?)?));
+        tensors.push((
+            "output.weight".into(),
+            q(random(&mut rng, &[spec.vocab, d], 1.0, 0.0)?)?,
+        ));
     }
 
     let (tokens, types) = synth_vocab(spec.vocab);
@@ -207,8 +241,14 @@ pub fn write_synth_to<W: Write + Seek>(w: &mut W, spec: &SynthSpec) -> Result<()
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
         ("tokenizer.ggml.pre", Value::String("gpt2".into())),
         ("tokenizer.ggml.tokens", strs(tokens)),
-        ("tokenizer.ggml.token_type", Value::Array(types.into_iter().map(Value::I32).collect())),
-        ("tokenizer.ggml.merges", strs(MERGES.iter().map(|(a, b)| format!("{a} {b}")).collect())),
+        (
+            "tokenizer.ggml.token_type",
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        ),
+        (
+            "tokenizer.ggml.merges",
+            strs(MERGES.iter().map(|(a, b)| format!("{a} {b}")).collect()),
+        ),
         ("tokenizer.ggml.bos_token_id", Value::U32(1)),
         ("tokenizer.ggml.eos_token_id", Value::U32(2)),
         ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
@@ -244,7 +284,10 @@ mod tests {
         write_synth_to(&mut a, &spec)?;
         write_synth_to(&mut b, &spec)?;
         assert_eq!(a.into_inner(), b.into_inner());
-        let bad = SynthSpec { dim: 48, ..SynthSpec::tiny(GgmlDType::Q4K, 7) };
+        let bad = SynthSpec {
+            dim: 48,
+            ..SynthSpec::tiny(GgmlDType::Q4K, 7)
+        };
         assert!(write_synth_to(&mut std::io::Cursor::new(Vec::new()), &bad).is_err());
         Ok(())
     }

@@ -25,8 +25,15 @@ const REGEX_LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|
 const REGEX_QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Token texts that end a turn in common chat formats (llama.cpp treats them as end-of-generation).
-const EOG_TEXTS: &[&str] =
-    &["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>"];
+const EOG_TEXTS: &[&str] = &[
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+];
 
 /// Errors while building or using the tokenizer.
 #[derive(Debug, thiserror::Error)]
@@ -73,8 +80,14 @@ pub struct GgufTokenizer {
     chat_template: Option<String>,
 }
 
-fn string_array<'a>(md: &'a HashMap<String, Value>, key: &'static str) -> Result<Vec<&'a str>, TokenizerError> {
-    let err = |problem: &str| TokenizerError::Metadata { key, problem: problem.to_string() };
+fn string_array<'a>(
+    md: &'a HashMap<String, Value>,
+    key: &'static str,
+) -> Result<Vec<&'a str>, TokenizerError> {
+    let err = |problem: &str| TokenizerError::Metadata {
+        key,
+        problem: problem.to_string(),
+    };
     match md.get(key) {
         Some(Value::Array(a)) => a
             .iter()
@@ -89,25 +102,48 @@ fn string_array<'a>(md: &'a HashMap<String, Value>, key: &'static str) -> Result
 }
 
 fn opt_id(md: &HashMap<String, Value>, key: &str, vocab: usize) -> Option<u32> {
-    md.get(key).and_then(as_u64).and_then(|v| u32::try_from(v).ok()).filter(|&v| (v as usize) < vocab)
+    md.get(key)
+        .and_then(as_u64)
+        .and_then(|v| u32::try_from(v).ok())
+        .filter(|&v| (v as usize) < vocab)
 }
 
 fn pre_tokenizer(pre: &str) -> Result<(PreTokenizerWrapper, bool), TokenizerError> {
     let split = |re: &str| -> Result<PreTokenizerWrapper, TokenizerError> {
-        Ok(Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(tk_err)?
-            .into())
+        Ok(Split::new(
+            SplitPattern::Regex(re.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(tk_err)?
+        .into())
     };
     Ok(match pre {
         // SmolLM: Digits(individual) + ByteLevel(add_prefix_space = false, GPT-2 regex).
         "smollm" => (
-            Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into(),
+            Sequence::new(vec![
+                Digits::new(true).into(),
+                ByteLevel::new(false, true, true).into(),
+            ])
+            .into(),
             false,
         ),
-        "llama-bpe" | "llama3" | "smaug-bpe" => {
-            (Sequence::new(vec![split(REGEX_LLAMA3)?, ByteLevel::new(false, true, false).into()]).into(), false)
-        }
-        "qwen2" => (Sequence::new(vec![split(REGEX_QWEN2)?, ByteLevel::new(false, true, false).into()]).into(), true),
+        "llama-bpe" | "llama3" | "smaug-bpe" => (
+            Sequence::new(vec![
+                split(REGEX_LLAMA3)?,
+                ByteLevel::new(false, true, false).into(),
+            ])
+            .into(),
+            false,
+        ),
+        "qwen2" => (
+            Sequence::new(vec![
+                split(REGEX_QWEN2)?,
+                ByteLevel::new(false, true, false).into(),
+            ])
+            .into(),
+            true,
+        ),
         other => {
             if !matches!(other, "gpt2" | "default" | "") {
                 tracing::warn!(target: "shardswarm::model", pre = other,
@@ -121,8 +157,13 @@ fn pre_tokenizer(pre: &str) -> Result<(PreTokenizerWrapper, bool), TokenizerErro
 impl GgufTokenizer {
     /// Reads the GGUF header of `path` and builds its tokenizer.
     pub fn from_file(path: &Path) -> Result<Self, TokenizerError> {
-        let file_err = |reason: String| TokenizerError::File { path: path.display().to_string(), reason };
-        let mut f = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| file_err(e.to_string()))?);
+        let file_err = |reason: String| TokenizerError::File {
+            path: path.display().to_string(),
+            reason,
+        };
+        let mut f = std::io::BufReader::new(
+            std::fs::File::open(path).map_err(|e| file_err(e.to_string()))?,
+        );
         let content = Content::read(&mut f).map_err(|e| file_err(e.to_string()))?;
         Self::from_metadata(&content.metadata)
     }
@@ -145,13 +186,23 @@ impl GgufTokenizer {
         let merges = string_array(md, "tokenizer.ggml.merges")?
             .into_iter()
             .map(|m| {
-                m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| {
-                    TokenizerError::Metadata { key: "tokenizer.ggml.merges", problem: format!("bad entry {m:?}") }
-                })
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| TokenizerError::Metadata {
+                        key: "tokenizer.ggml.merges",
+                        problem: format!("bad entry {m:?}"),
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
-        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tk_err)?;
+        let vocab: Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), i as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(tk_err)?;
         let mut inner = Tokenizer::new(bpe);
         let pre = match md.get("tokenizer.ggml.pre") {
             Some(Value::String(s)) => s.as_str(),
@@ -190,12 +241,20 @@ impl GgufTokenizer {
         }
         stop_ids.sort_unstable();
         stop_ids.dedup();
-        let add_bos = get_bool(md, "tokenizer.ggml.add_bos_token").unwrap_or(false) && bos.is_some();
+        let add_bos =
+            get_bool(md, "tokenizer.ggml.add_bos_token").unwrap_or(false) && bos.is_some();
         let chat_template = match md.get("tokenizer.chat_template") {
             Some(Value::String(s)) => Some(s.clone()),
             _ => None,
         };
-        Ok(Self { inner, bos, eos, add_bos, stop_ids, chat_template })
+        Ok(Self {
+            inner,
+            bos,
+            eos,
+            add_bos,
+            stop_ids,
+            chat_template,
+        })
     }
 
     /// Tokenizes raw text: special tokens in it are parsed as specials; BOS is prepended only
@@ -219,7 +278,11 @@ impl GgufTokenizer {
 
     /// A streaming decoder that yields text only at UTF-8 boundaries.
     pub fn stream(&self) -> TextStream<'_> {
-        TextStream { tok: self, ids: Vec::new(), emitted: 0 }
+        TextStream {
+            tok: self,
+            ids: Vec::new(),
+            emitted: 0,
+        }
     }
 
     /// BOS id.

@@ -27,7 +27,10 @@ fn default_model() -> Result<PathBuf> {
         .context("no HOME")?;
     let p = cache.join("shardswarm/models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !p.exists() {
-        bail!("default model not found at {}: run `shardswarm fetch-model` (or set SHARDSWARM_MODEL)", p.display());
+        bail!(
+            "default model not found at {}: run `shardswarm fetch-model` (or set SHARDSWARM_MODEL)",
+            p.display()
+        );
     }
     Ok(p)
 }
@@ -38,7 +41,11 @@ impl Reference {
     fn load(path: &Path) -> Result<Self> {
         let mut f = std::fs::File::open(path)?;
         let content = Content::read(&mut f)?;
-        Ok(Self(ModelWeights::from_gguf(content, &mut f, &Device::Cpu)?))
+        Ok(Self(ModelWeights::from_gguf(
+            content,
+            &mut f,
+            &Device::Cpu,
+        )?))
     }
 
     fn logits(&mut self, ids: &[u32], pos: usize) -> Result<Vec<f32>> {
@@ -62,7 +69,11 @@ impl Reference {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
     assert_eq!(a.len(), b.len());
-    let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
     let scale = b.iter().map(|x| x.abs()).fold(1f32, f32::max);
     (diff, scale)
 }
@@ -76,11 +87,18 @@ fn check(label: &str, ours: &Generator, reference: &Path, prompts: &[Vec<u32>]) 
         let got = ours.logits(p)?;
         let (diff, scale) = max_abs_diff(&got, &want);
         worst = worst.max(diff / scale);
-        assert!(diff <= REL_TOL * scale, "{label}: prompt {p:?}: max |Δlogit| {diff} > {REL_TOL} × {scale}");
+        assert!(
+            diff <= REL_TOL * scale,
+            "{label}: prompt {p:?}: max |Δlogit| {diff} > {REL_TOL} × {scale}"
+        );
     }
     let prompt = &prompts[0];
     let want = Reference::load(reference)?.greedy(prompt, GREEDY_TOKENS)?;
-    let opts = GenerateOptions { max_tokens: GREEDY_TOKENS, sampler: SamplerConfig::greedy(), ignore_eos: true };
+    let opts = GenerateOptions {
+        max_tokens: GREEDY_TOKENS,
+        sampler: SamplerConfig::greedy(),
+        ignore_eos: true,
+    };
     let stats = ours.generate_ids(prompt, &opts, |_| true)?;
     assert_eq!(stats.tokens, want, "{label}: greedy tokens differ");
     eprintln!("{label}: worst max|Δ|/scale = {worst:.2e}, {GREEDY_TOKENS} greedy tokens equal");
@@ -120,11 +138,26 @@ fn synth_tiny_q8_0_tied_shards_equal_whole_model_reference() -> Result<()> {
 
 #[test]
 fn synth_tiny_other_quant_types_equal_reference() -> Result<()> {
-    for (quant, tied) in [(GgmlDType::F32, false), (GgmlDType::Q4_0, true), (GgmlDType::Q4_1, false)] {
+    for (quant, tied) in [
+        (GgmlDType::F32, false),
+        (GgmlDType::Q4_0, true),
+        (GgmlDType::Q4_1, false),
+    ] {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("m.gguf");
-        write_synth_model(&path, &SynthSpec { tied, ..SynthSpec::tiny(quant, 2) })?;
-        check_file(&format!("synth {quant:?} tied={tied}"), &path, 2, &synth_prompts())?;
+        write_synth_model(
+            &path,
+            &SynthSpec {
+                tied,
+                ..SynthSpec::tiny(quant, 2)
+            },
+        )?;
+        check_file(
+            &format!("synth {quant:?} tied={tied}"),
+            &path,
+            2,
+            &synth_prompts(),
+        )?;
     }
     Ok(())
 }
@@ -133,7 +166,13 @@ fn synth_tiny_other_quant_types_equal_reference() -> Result<()> {
 fn synth_tiny_q4k_equals_reference() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("m.gguf");
-    let spec = SynthSpec { dim: 256, ffn: 512, heads: 4, kv_heads: 1, ..SynthSpec::tiny(GgmlDType::Q4K, 3) };
+    let spec = SynthSpec {
+        dim: 256,
+        ffn: 512,
+        heads: 4,
+        kv_heads: 1,
+        ..SynthSpec::tiny(GgmlDType::Q4K, 3)
+    };
     write_synth_model(&path, &spec)?;
     check_file("synth Q4K", &path, 4, &synth_prompts())
 }

@@ -18,7 +18,11 @@ fn default_model() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .expect("neither XDG_CACHE_HOME nor HOME is set");
     let path = cache.join("shardswarm/models").join(MODEL_FILE);
-    assert!(path.exists(), "default model not found at {}: run `shardswarm fetch-model` (or set SHARDSWARM_MODEL)", path.display());
+    assert!(
+        path.exists(),
+        "default model not found at {}: run `shardswarm fetch-model` (or set SHARDSWARM_MODEL)",
+        path.display()
+    );
     path
 }
 
@@ -29,7 +33,10 @@ fn default_model_splits_into_eight_balanced_shards() {
     let out = split(&model, 8, dir.path(), |_| {}).unwrap();
     assert_eq!(out.block_count, 30);
     assert_eq!(out.architecture, "llama");
-    assert_eq!(out.source_sha256, "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53");
+    assert_eq!(
+        out.source_sha256,
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    );
     assert_eq!(out.model_id, "b179c9523d0e6a0f");
 
     let ranges: Vec<[u32; 2]> = out.shards.iter().map(|s| s.layers).collect();
@@ -54,8 +61,14 @@ fn default_model_splits_into_eight_balanced_shards() {
         assert_eq!(ours.get_u32("shardswarm.shard_index").unwrap(), s.index);
         assert_eq!(ours.get_u32("shardswarm.layer_start").unwrap(), s.layers[0]);
         assert_eq!(ours.get_u32("shardswarm.layer_end").unwrap(), s.layers[1]);
-        assert_eq!(ours.get("tokenizer.chat_template"), source.get("tokenizer.chat_template"));
-        assert_eq!(ours.get("tokenizer.ggml.merges"), source.get("tokenizer.ggml.merges"));
+        assert_eq!(
+            ours.get("tokenizer.chat_template"),
+            source.get("tokenizer.chat_template")
+        );
+        assert_eq!(
+            ours.get("tokenizer.ggml.merges"),
+            source.get("tokenizer.ggml.merges")
+        );
         tensors += ours.tensors().len();
         let mut f = std::fs::File::open(&path).unwrap();
         let content = gguf_file::Content::read(&mut f).unwrap();
@@ -68,5 +81,8 @@ fn default_model_splits_into_eight_balanced_shards() {
     let last = GgufFile::open(&dir.path().join("shard-7.gguf")).unwrap();
     let head = last.tensor("output.weight").unwrap();
     let embd = source.tensor("token_embd.weight").unwrap();
-    assert_eq!(last.read_tensor(head).unwrap(), source.read_tensor(embd).unwrap());
+    assert_eq!(
+        last.read_tensor(head).unwrap(),
+        source.read_tensor(embd).unwrap()
+    );
 }

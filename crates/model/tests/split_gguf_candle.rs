@@ -29,7 +29,9 @@ fn every_candle_type_round_trips_through_candle() {
     let datas: Vec<Vec<u8>> = PAIRS
         .iter()
         .enumerate()
-        .map(|(i, (t, _))| split_support::random_bytes(i as u64, t.tensor_bytes(&[512, 3]).unwrap() as usize))
+        .map(|(i, (t, _))| {
+            split_support::random_bytes(i as u64, t.tensor_bytes(&[512, 3]).unwrap() as usize)
+        })
         .collect();
     let mut w = GgufWriter::new();
     w.push_metadata("general.architecture", Value::string("llama"));
@@ -46,9 +48,19 @@ fn every_candle_type_round_trips_through_candle() {
         let name = format!("t.{t}");
         let info = &content.tensor_infos[&name];
         assert_eq!(info.ggml_dtype, *c, "{name}");
-        assert_eq!(info.shape.dims(), &[3, 512], "{name}: candle reverses ggml order");
+        assert_eq!(
+            info.shape.dims(),
+            &[3, 512],
+            "{name}: candle reverses ggml order"
+        );
         assert_eq!(info.offset, ours.tensor(&name).unwrap().offset, "{name}");
-        let q = content.tensor(&mut cursor, &name, &candle_core::Device::Cpu).unwrap();
+        if matches!(c, GgmlDType::Q8_1 | GgmlDType::Q8K) {
+            // candle parses Q8_1/Q8_K infos but refuses to load their data ("not supported yet").
+            continue;
+        }
+        let q = content
+            .tensor(&mut cursor, &name, &candle_core::Device::Cpu)
+            .unwrap();
         assert_eq!(q.data().unwrap().as_ref(), data.as_slice(), "{name}");
     }
 }
@@ -56,7 +68,10 @@ fn every_candle_type_round_trips_through_candle() {
 #[test]
 fn tiny_shards_open_with_candle() {
     let dir = tempfile::tempdir().unwrap();
-    let tiny = split_support::Tiny { blocks: 6, ..Default::default() };
+    let tiny = split_support::Tiny {
+        blocks: 6,
+        ..Default::default()
+    };
     let src = split_support::write(dir.path(), "tiny.gguf", &tiny);
     let out = shardswarm_model::split::split(&src, 3, &dir.path().join("out"), |_| {}).unwrap();
     for s in &out.shards {
@@ -64,10 +79,20 @@ fn tiny_shards_open_with_candle() {
         let content = gguf_file::Content::read(&mut f).unwrap();
         let ours = GgufFile::open(&dir.path().join("out").join(&s.filename)).unwrap();
         assert_eq!(content.tensor_infos.len(), ours.tensors().len());
-        assert_eq!(content.metadata["shardswarm.shard_index"].to_u32().unwrap(), s.index);
+        assert_eq!(
+            content.metadata["shardswarm.shard_index"].to_u32().unwrap(),
+            s.index
+        );
         for t in ours.tensors() {
-            let q = content.tensor(&mut f, &t.name, &candle_core::Device::Cpu).unwrap();
-            assert_eq!(q.data().unwrap().as_ref(), ours.read_tensor(t).unwrap().as_slice(), "{}", t.name);
+            let q = content
+                .tensor(&mut f, &t.name, &candle_core::Device::Cpu)
+                .unwrap();
+            assert_eq!(
+                q.data().unwrap().as_ref(),
+                ours.read_tensor(t).unwrap().as_slice(),
+                "{}",
+                t.name
+            );
         }
     }
 }

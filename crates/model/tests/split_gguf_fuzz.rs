@@ -8,7 +8,10 @@ use shardswarm_model::gguf::GgufFile;
 use split_support::{Tiny, build};
 
 fn valid() -> Vec<u8> {
-    build(&Tiny { blocks: 2, ..Tiny::default() })
+    build(&Tiny {
+        blocks: 2,
+        ..Tiny::default()
+    })
 }
 
 /// Whatever parses must be self-consistent.

@@ -42,16 +42,25 @@ fn check_split(tiny: &Tiny, n: u32) {
         // Metadata: the source's, in order, then the shardswarm keys.
         let md = shard.metadata();
         assert_eq!(&md[..source.metadata().len()], source.metadata());
-        let extra: Vec<(&str, &Value)> = md[source.metadata().len()..].iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let extra: Vec<(&str, &Value)> = md[source.metadata().len()..]
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
         let expected = [
             ("shardswarm.shard_index", Value::U32(s.index)),
             ("shardswarm.shard_count", Value::U32(n)),
             ("shardswarm.layer_start", Value::U32(start)),
             ("shardswarm.layer_end", Value::U32(end)),
-            ("shardswarm.source_sha256", Value::string(out.source_sha256.clone())),
+            (
+                "shardswarm.source_sha256",
+                Value::string(out.source_sha256.clone()),
+            ),
             ("shardswarm.block_count", Value::U32(tiny.blocks)),
         ];
-        assert_eq!(extra, expected.iter().map(|(k, v)| (*k, v)).collect::<Vec<_>>());
+        assert_eq!(
+            extra,
+            expected.iter().map(|(k, v)| (*k, v)).collect::<Vec<_>>()
+        );
 
         // Tensors: the source's relative order, then the tied head copy.
         let names: Vec<&str> = shard.tensors().iter().map(|t| t.name.as_str()).collect();
@@ -75,16 +84,30 @@ fn check_split(tiny: &Tiny, n: u32) {
 
         for t in shard.tensors() {
             let data = shard.read_tensor(t).unwrap();
-            let src_name = if tiny.tied && t.name == "output.weight" { "token_embd.weight" } else { t.name.as_str() };
+            let src_name = if tiny.tied && t.name == "output.weight" {
+                "token_embd.weight"
+            } else {
+                t.name.as_str()
+            };
             let st = source.tensor(src_name).unwrap();
-            assert_eq!((t.ggml_type, &t.dims), (st.ggml_type, &st.dims), "{}", t.name);
+            assert_eq!(
+                (t.ggml_type, &t.dims),
+                (st.ggml_type, &st.dims),
+                "{}",
+                t.name
+            );
             assert_eq!(data, source.read_tensor(st).unwrap(), "{} bytes", t.name);
             *seen.entry(t.name.clone()).or_default() += 1;
         }
     }
     assert_eq!(next_layer, tiny.blocks);
     for t in source.tensors() {
-        assert_eq!(seen.get(&t.name), Some(&1), "{} should be in exactly one shard", t.name);
+        assert_eq!(
+            seen.get(&t.name),
+            Some(&1),
+            "{} should be in exactly one shard",
+            t.name
+        );
     }
     let expected_total = source.tensors().len() + usize::from(tiny.tied);
     assert_eq!(seen.len(), expected_total);
@@ -100,7 +123,11 @@ fn split_into_one_two_and_n_shards_reproduces_every_tensor() {
 
 #[test]
 fn untied_head_is_carried_as_is() {
-    let tiny = Tiny { tied: false, blocks: 12, ..Tiny::default() };
+    let tiny = Tiny {
+        tied: false,
+        blocks: 12,
+        ..Tiny::default()
+    };
     for n in [1, 4, 12] {
         check_split(&tiny, n);
     }
@@ -109,7 +136,14 @@ fn untied_head_is_carried_as_is() {
 #[test]
 fn splitting_twice_gives_identical_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let src = write(dir.path(), "tiny.gguf", &Tiny { blocks: 11, ..Tiny::default() });
+    let src = write(
+        dir.path(),
+        "tiny.gguf",
+        &Tiny {
+            blocks: 11,
+            ..Tiny::default()
+        },
+    );
     let a = run_split(&src, 4, &dir.path().join("a")).unwrap();
     let b = run_split(&src, 4, &dir.path().join("b")).unwrap();
     assert_eq!(a, b);
@@ -118,7 +152,10 @@ fn splitting_twice_gives_identical_bytes() {
         let y = std::fs::read(dir.path().join("b").join(&s.filename)).unwrap();
         assert!(x == y, "{} differs", s.filename);
     }
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("a")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("a"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(leftovers.len(), 4, "no temp files left: {leftovers:?}");
 }
 
@@ -128,14 +165,24 @@ fn refuses_zero_shards_and_more_shards_than_layers() {
     let src = write(dir.path(), "tiny.gguf", &Tiny::default());
     for n in [0, 6, 100] {
         let err = run_split(&src, n, &dir.path().join("out")).unwrap_err();
-        assert!(matches!(err, SplitError::BadShardCount { requested, block_count: 5 } if requested == n), "{err}");
+        assert!(
+            matches!(err, SplitError::BadShardCount { requested, block_count: 5 } if requested == n),
+            "{err}"
+        );
     }
 }
 
 #[test]
 fn refuses_non_llama_architecture_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let src = write(dir.path(), "phi.gguf", &Tiny { arch: "phi3", ..Tiny::default() });
+    let src = write(
+        dir.path(),
+        "phi.gguf",
+        &Tiny {
+            arch: "phi3",
+            ..Tiny::default()
+        },
+    );
     let err = run_split(&src, 2, &dir.path().join("out")).unwrap_err();
     assert!(err.to_string().contains("\"phi3\""), "{err}");
     assert!(!dir.path().join("out").exists());
@@ -148,11 +195,24 @@ fn refuses_truncated_files_without_panicking() {
     let len = bytes.len();
     let source = GgufFile::from_bytes(bytes.clone()).unwrap();
     let in_data = source.tensors()[3].data_offset as usize + 5;
-    for cut in [0, 3, 8, 20, 100, 1000, source.data_offset() as usize - 3, in_data, len - 1] {
+    for cut in [
+        0,
+        3,
+        8,
+        20,
+        100,
+        1000,
+        source.data_offset() as usize - 3,
+        in_data,
+        len - 1,
+    ] {
         let path = dir.path().join(format!("cut-{cut}.gguf"));
         std::fs::write(&path, &bytes[..cut]).unwrap();
         let err = run_split(&path, 2, &dir.path().join("out")).unwrap_err();
-        assert!(matches!(err, SplitError::Gguf { .. }), "cut at {cut}: {err}");
+        assert!(
+            matches!(err, SplitError::Gguf { .. }),
+            "cut at {cut}: {err}"
+        );
     }
     assert!(!dir.path().join("out").exists());
 }
@@ -162,17 +222,34 @@ fn refuses_to_split_a_shard() {
     let dir = tempfile::tempdir().unwrap();
     let src = write(dir.path(), "tiny.gguf", &Tiny::default());
     run_split(&src, 2, &dir.path().join("out")).unwrap();
-    let err = run_split(&dir.path().join("out/shard-0.gguf"), 1, &dir.path().join("again")).unwrap_err();
+    let err = run_split(
+        &dir.path().join("out/shard-0.gguf"),
+        1,
+        &dir.path().join("again"),
+    )
+    .unwrap_err();
     assert!(matches!(err, SplitError::AlreadyShard { .. }), "{err}");
 }
 
 #[test]
 fn manifest_from_split_output_validates() {
     let dir = tempfile::tempdir().unwrap();
-    let src = write(dir.path(), "tiny.gguf", &Tiny { blocks: 7, ..Tiny::default() });
+    let src = write(
+        dir.path(),
+        "tiny.gguf",
+        &Tiny {
+            blocks: 7,
+            ..Tiny::default()
+        },
+    );
     let out = run_split(&src, 3, &dir.path().join("out")).unwrap();
     let m = out
-        .to_manifest(|s| Ok::<_, std::convert::Infallible>((shardswarm_proto::InfoHash([s.index as u8; 20]), 1 << 18)))
+        .to_manifest(|s| {
+            Ok::<_, std::convert::Infallible>((
+                shardswarm_proto::InfoHash([s.index as u8; 20]),
+                1 << 18,
+            ))
+        })
         .unwrap();
     m.validate().unwrap();
     assert_eq!(m.total_shards, 3);

@@ -16,7 +16,10 @@ fn default_model() -> Result<PathBuf> {
         .context("no HOME")?;
     let p = cache.join("shardswarm/models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !p.exists() {
-        bail!("default model not found at {}: run `shardswarm fetch-model` (or set SHARDSWARM_MODEL)", p.display());
+        bail!(
+            "default model not found at {}: run `shardswarm fetch-model` (or set SHARDSWARM_MODEL)",
+            p.display()
+        );
     }
     Ok(p)
 }
@@ -35,13 +38,17 @@ struct Case {
 #[test]
 fn default_model_tokenizer_matches_llama_cpp_reference() -> Result<()> {
     let tok = GgufTokenizer::from_file(&default_model()?)?;
-    let reference: Reference = serde_json::from_str(include_str!("fixtures/smollm2-tokenizer-reference.json"))?;
+    let reference: Reference =
+        serde_json::from_str(include_str!("fixtures/smollm2-tokenizer-reference.json"))?;
     assert!(reference.cases.len() >= 30);
     let mut failures = Vec::new();
     for case in &reference.cases {
         let ids = tok.encode(&case.text)?;
         if ids != case.ids {
-            failures.push(format!("{:?}: got {ids:?}, llama.cpp {:?}", case.text, case.ids));
+            failures.push(format!(
+                "{:?}: got {ids:?}, llama.cpp {:?}",
+                case.text, case.ids
+            ));
         }
         let back = tok.decode(&ids)?;
         if back != case.text {
@@ -73,7 +80,10 @@ fn streaming_decode_holds_back_split_utf8() -> Result<()> {
     let mut out = String::new();
     for id in ids {
         let piece = stream.push(id)?;
-        assert!(!piece.contains('\u{FFFD}'), "partial character leaked: {piece:?}");
+        assert!(
+            !piece.contains('\u{FFFD}'),
+            "partial character leaked: {piece:?}"
+        );
         out.push_str(&piece);
     }
     out.push_str(&stream.finish()?);

@@ -98,7 +98,10 @@ mod tests {
 
     #[test]
     fn agent_version_round_trips_role() {
-        assert_eq!(role_of_agent(&agent_version(Role::Server)), Some(Role::Server));
+        assert_eq!(
+            role_of_agent(&agent_version(Role::Server)),
+            Some(Role::Server)
+        );
         assert_eq!(role_of_agent(&agent_version(Role::Node)), Some(Role::Node));
         assert_eq!(role_of_agent("rust-libp2p/0.1"), None);
     }

@@ -143,7 +143,11 @@ impl Catalog {
                 return Err(mismatch(format!("size {} != {}", m.info.length, s.size)));
             }
             if m.info.piece_length == s.piece_length && m.info_hash() != s.info_hash {
-                return Err(mismatch(format!("info-hash {} != {}", m.info_hash(), s.info_hash)));
+                return Err(mismatch(format!(
+                    "info-hash {} != {}",
+                    m.info_hash(),
+                    s.info_hash
+                )));
             }
             files.push(FileEntry {
                 info_hash: m.info_hash(),
@@ -245,9 +249,16 @@ fn read_header(path: &Path) -> Result<Header, CatalogError> {
         file.get(key)
             .and_then(|v| v.as_u64())
             .and_then(|v| u32::try_from(v).ok())
-            .ok_or_else(|| gguf_err(format!("not a shardswarm shard: no {key} (split it with `shardswarm split`)")))
+            .ok_or_else(|| {
+                gguf_err(format!(
+                    "not a shardswarm shard: no {key} (split it with `shardswarm split`)"
+                ))
+            })
     };
-    let layers = [u32_key("shardswarm.layer_start")?, u32_key("shardswarm.layer_end")?];
+    let layers = [
+        u32_key("shardswarm.layer_start")?,
+        u32_key("shardswarm.layer_end")?,
+    ];
     if layers[1] <= layers[0] {
         return Err(gguf_err(format!("empty layer range {layers:?}")));
     }

@@ -82,7 +82,10 @@ impl libp2p::request_response::Codec for CmdCodec {
     {
         let got = read_capped(io, MAX_RESPONSE_BYTES + 1, MAX_RESPONSE_BYTES as u64 + 1).await?;
         if got.total_len > MAX_RESPONSE_BYTES as u64 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "response too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "response too large",
+            ));
         }
         Ok(got.bytes)
     }
@@ -132,6 +135,10 @@ mod tests {
     #[tokio::test]
     async fn huge_request_is_an_error() {
         let data = vec![b'x'; MAX_DRAIN_BYTES as usize + 10];
-        assert!(read_capped(&mut &data[..], MAX_REQUEST_BYTES, MAX_DRAIN_BYTES).await.is_err());
+        assert!(
+            read_capped(&mut &data[..], MAX_REQUEST_BYTES, MAX_DRAIN_BYTES)
+                .await
+                .is_err()
+        );
     }
 }

@@ -44,7 +44,11 @@ pub(crate) fn dispatch(
         request: None,
     };
     if bytes.oversized() {
-        return fail("", String::new(), too_large(bytes.total_len as usize, MAX_REQUEST_BYTES));
+        return fail(
+            "",
+            String::new(),
+            too_large(bytes.total_len as usize, MAX_REQUEST_BYTES),
+        );
     }
     let raw = match decode_request(&bytes.bytes) {
         Ok(raw) => raw,
@@ -52,7 +56,12 @@ pub(crate) fn dispatch(
             // Echo what can be salvaged so the sender can match the error to its request.
             let v: Value = serde_json::from_slice(&bytes.bytes).unwrap_or(Value::Null);
             let field = |k: &str| -> String {
-                v.get(k).and_then(Value::as_str).unwrap_or("").chars().take(128).collect()
+                v.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .chars()
+                    .take(128)
+                    .collect()
             };
             return fail(&field("command"), field("request_id"), err);
         }
@@ -62,7 +71,10 @@ pub(crate) fn dispatch(
     if raw.from != peer.to_string() {
         let err = ErrorBody::new(
             ErrorCode::Forbidden,
-            format!("`from` is {:?} but the authenticated sender is {peer}", cut(&raw.from)),
+            format!(
+                "`from` is {:?} but the authenticated sender is {peer}",
+                cut(&raw.from)
+            ),
         );
         return fail(&command, request_id, err);
     }
@@ -125,7 +137,13 @@ mod tests {
     #[test]
     fn answers_an_authenticated_request() {
         let (local, peer) = (PeerId::random(), PeerId::random());
-        let o = dispatch(&mut Echo, local, peer, &bytes(env("SYNC_TORRENTS", peer, local)), 7);
+        let o = dispatch(
+            &mut Echo,
+            local,
+            peer,
+            &bytes(env("SYNC_TORRENTS", peer, local)),
+            7,
+        );
         assert_eq!(o.response.status, Status::Success);
         assert_eq!(o.response.header.request_id, "req-1");
         assert_eq!(o.response.header.from, local.to_string());
@@ -135,7 +153,13 @@ mod tests {
     #[test]
     fn spoofed_from_is_forbidden() {
         let (local, peer, other) = (PeerId::random(), PeerId::random(), PeerId::random());
-        let o = dispatch(&mut Echo, local, peer, &bytes(env("SYNC_TORRENTS", other, local)), 7);
+        let o = dispatch(
+            &mut Echo,
+            local,
+            peer,
+            &bytes(env("SYNC_TORRENTS", other, local)),
+            7,
+        );
         assert_eq!(code(&o), Some(ErrorCode::Forbidden));
         assert_eq!(o.response.header.request_id, "req-1");
         assert!(o.request.is_none());
@@ -144,13 +168,37 @@ mod tests {
     #[test]
     fn misaddressed_unknown_malformed_and_oversized_get_codes() {
         let (local, peer) = (PeerId::random(), PeerId::random());
-        let o = dispatch(&mut Echo, local, peer, &bytes(env("SYNC_TORRENTS", peer, peer)), 7);
+        let o = dispatch(
+            &mut Echo,
+            local,
+            peer,
+            &bytes(env("SYNC_TORRENTS", peer, peer)),
+            7,
+        );
         assert_eq!(code(&o), Some(ErrorCode::BadRequest));
-        let o = dispatch(&mut Echo, local, peer, &bytes(env("LAUNCH", peer, local)), 7);
+        let o = dispatch(
+            &mut Echo,
+            local,
+            peer,
+            &bytes(env("LAUNCH", peer, local)),
+            7,
+        );
         assert_eq!(code(&o), Some(ErrorCode::UnknownCommand));
-        let junk = InboundBytes { bytes: b"{\"command\":".to_vec(), total_len: 11 };
-        assert_eq!(code(&dispatch(&mut Echo, local, peer, &junk, 7)), Some(ErrorCode::BadRequest));
-        let big = InboundBytes { bytes: vec![b' '; 10], total_len: (MAX_REQUEST_BYTES + 1) as u64 };
-        assert_eq!(code(&dispatch(&mut Echo, local, peer, &big, 7)), Some(ErrorCode::TooLarge));
+        let junk = InboundBytes {
+            bytes: b"{\"command\":".to_vec(),
+            total_len: 11,
+        };
+        assert_eq!(
+            code(&dispatch(&mut Echo, local, peer, &junk, 7)),
+            Some(ErrorCode::BadRequest)
+        );
+        let big = InboundBytes {
+            bytes: vec![b' '; 10],
+            total_len: (MAX_REQUEST_BYTES + 1) as u64,
+        };
+        assert_eq!(
+            code(&dispatch(&mut Echo, local, peer, &big, 7)),
+            Some(ErrorCode::TooLarge)
+        );
     }
 }

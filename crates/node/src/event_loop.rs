@@ -8,11 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
+use libp2p::metrics::Recorder;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad};
-use libp2p::metrics::Recorder;
 use shardswarm_proto::codec::{encode_request, encode_response};
 use shardswarm_proto::status::Role;
 use shardswarm_proto::{Command, Header, NodeStatus, Request as ProtoRequest};
@@ -70,11 +70,17 @@ pub(crate) struct EventLoop {
 
 /// Unix seconds now.
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn unix_nanos() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 impl EventLoop {
@@ -102,14 +108,25 @@ impl EventLoop {
             }
         };
         info!(target: "shardswarm::peer", "shutting down");
-        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
-        for p in peers {
-            let _ = self.swarm.disconnect_peer_id(p);
-        }
+        self.close_connections().await;
         drop(self.swarm);
         if let Some(ack) = ack {
             let _ = ack.send(());
         }
+    }
+
+    /// Closes every connection gracefully (so peers notice at once), for at most 500 ms.
+    async fn close_connections(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for p in peers {
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
+        let drain = async {
+            while self.swarm.connected_peers().next().is_some() {
+                let _ = self.swarm.select_next_some().await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
     }
 
     fn on_tick(&mut self) {
@@ -137,10 +154,13 @@ impl EventLoop {
                 self.pending.insert(id, Pending::Raw(reply));
             }
             Request::Dial(addr, reply) => {
-                let r = self.swarm.dial(addr.clone()).map_err(|e| HandleError::Request {
-                    peer: peer_of(&addr).unwrap_or(PeerId::random()),
-                    reason: e.to_string(),
-                });
+                let r = self
+                    .swarm
+                    .dial(addr.clone())
+                    .map_err(|e| HandleError::Request {
+                        peer: peer_of(&addr).unwrap_or(PeerId::random()),
+                        reason: e.to_string(),
+                    });
                 let _ = reply.send(r);
             }
             Request::Shutdown(_) => {}
@@ -148,7 +168,13 @@ impl EventLoop {
     }
 
     /// Sends `command` to `peer`; logs the seed's `[MSG]` block when `loud`.
-    pub(crate) fn send_command(&mut self, peer: PeerId, command: Command, pending: Pending, loud: bool) {
+    pub(crate) fn send_command(
+        &mut self,
+        peer: PeerId,
+        command: Command,
+        pending: Pending,
+        loud: bool,
+    ) {
         let req = ProtoRequest {
             header: Header {
                 request_id: format!("req-{}", unix_nanos()),
@@ -177,7 +203,8 @@ impl EventLoop {
                 request_id: raw.request_id.clone(),
             });
         }
-        self.metrics.count_command(&raw.command, "outbound", "sent".into());
+        self.metrics
+            .count_command(&raw.command, "outbound", "sent".into());
         self.pending.insert(id, pending);
     }
 
@@ -185,8 +212,15 @@ impl EventLoop {
         self.metrics.libp2p.record(&event);
         match event {
             SwarmEvent::Behaviour(ev) => self.on_behaviour_event(ev),
-            SwarmEvent::NewListenAddr { listener_id, address } => self.on_new_listen_addr(listener_id, address),
-            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => self.on_new_listen_addr(listener_id, address),
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
                 if let Err(e) = reason {
                     warn!(target: "shardswarm::peer", error = %e, "listener closed");
                 }
@@ -196,9 +230,17 @@ impl EventLoop {
                 warn!(target: "shardswarm::peer", error = %error, "listener error");
                 self.listener_settled(listener_id);
             }
-            SwarmEvent::ConnectionEstablished { peer_id, num_established, connection_id, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                connection_id,
+                endpoint,
+                ..
+            } => {
                 debug!(target: "shardswarm::peer", peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
-                self.metrics.connected_peers.set(self.swarm.connected_peers().count() as i64);
+                self.metrics
+                    .connected_peers
+                    .set(self.swarm.connected_peers().count() as i64);
                 if num_established.get() == 1 {
                     self.peers.entry(peer_id).or_default();
                     if let RoleState::Node(_) = self.role {
@@ -206,8 +248,14 @@ impl EventLoop {
                     }
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
-                self.metrics.connected_peers.set(self.swarm.connected_peers().count() as i64);
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                self.metrics
+                    .connected_peers
+                    .set(self.swarm.connected_peers().count() as i64);
                 if num_established == 0 {
                     debug!(target: "shardswarm::peer", peer = %peer_id, "disconnected");
                     self.peers.remove(&peer_id);
@@ -216,7 +264,11 @@ impl EventLoop {
                     }
                 }
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, connection_id } => {
+            SwarmEvent::OutgoingConnectionError {
+                peer_id,
+                error,
+                connection_id,
+            } => {
                 debug!(target: "shardswarm::peer", peer = ?peer_id, error = %error, "dial failed");
                 if let RoleState::Node(_) = self.role {
                     self.node_dial_failed(peer_id, connection_id);
@@ -227,7 +279,10 @@ impl EventLoop {
     }
 
     fn on_new_listen_addr(&mut self, listener_id: ListenerId, address: Multiaddr) {
-        let full = address.clone().with_p2p(self.local()).unwrap_or(address.clone());
+        let full = address
+            .clone()
+            .with_p2p(self.local())
+            .unwrap_or(address.clone());
         info!(target: "shardswarm::peer", "listening on {full}");
         self.swarm.add_external_address(address.clone());
         self.listen_addrs.push(full);
@@ -277,7 +332,10 @@ impl EventLoop {
         }
         if info.protocols.contains(&KAD_PROTOCOL) {
             for addr in &info.listen_addrs {
-                self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer, addr.clone());
             }
         }
         let entry = self.peers.entry(peer).or_default();
@@ -295,37 +353,74 @@ impl EventLoop {
     fn on_cmd_event(&mut self, ev: request_response::Event<InboundBytes, Vec<u8>>) {
         use request_response::{Event as RrEvent, Message};
         match ev {
-            RrEvent::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+            RrEvent::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
                 let local = self.local();
                 let outcome = dispatch(self, local, peer, &request, unix_now());
                 let error = outcome.response.error_body().map(|e| e.code);
-                let status = error.map(|c| c.to_string()).unwrap_or_else(|| "success".into());
-                let command = outcome.request.as_ref().map(|r| r.command.name()).unwrap_or("UNKNOWN");
+                let status = error
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "success".into());
+                let command = outcome
+                    .request
+                    .as_ref()
+                    .map(|r| r.command.name())
+                    .unwrap_or("UNKNOWN");
                 self.metrics.count_command(command, "inbound", status);
                 if let Some(err) = outcome.response.error_body() {
                     warn!(target: "shardswarm::cmd", %peer, command = outcome.response.command, code = %err.code, "refused: {}", err.message);
                 }
                 let bytes = encode_response(&outcome.response);
-                if self.swarm.behaviour_mut().cmd.send_response(channel, bytes).is_err() {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .cmd
+                    .send_response(channel, bytes)
+                    .is_err()
+                {
                     debug!(target: "shardswarm::cmd", %peer, "response channel closed");
                 }
-                self.emit(Event::RequestServed { peer, command: outcome.response.command, error });
+                self.emit(Event::RequestServed {
+                    peer,
+                    command: outcome.response.command,
+                    error,
+                });
             }
-            RrEvent::Message { peer, message: Message::Response { request_id, response }, .. } => {
-                match self.pending.remove(&request_id) {
-                    Some(Pending::Raw(tx)) => {
-                        let _ = tx.send(Ok(response));
-                    }
-                    Some(Pending::Sync) => self.on_sync_response(peer, &response),
-                    Some(Pending::NodeStatus) => self.on_node_status_response(peer, &response),
-                    Some(Pending::Notify) | None => {}
+            RrEvent::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => match self.pending.remove(&request_id) {
+                Some(Pending::Raw(tx)) => {
+                    let _ = tx.send(Ok(response));
                 }
-            }
-            RrEvent::OutboundFailure { peer, request_id, error, .. } => {
+                Some(Pending::Sync) => self.on_sync_response(peer, &response),
+                Some(Pending::NodeStatus) => self.on_node_status_response(peer, &response),
+                Some(Pending::Notify) | None => {}
+            },
+            RrEvent::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
                 debug!(target: "shardswarm::cmd", %peer, %error, "request failed");
                 match self.pending.remove(&request_id) {
                     Some(Pending::Raw(tx)) => {
-                        let _ = tx.send(Err(HandleError::Request { peer, reason: error.to_string() }));
+                        let _ = tx.send(Err(HandleError::Request {
+                            peer,
+                            reason: error.to_string(),
+                        }));
                     }
                     Some(Pending::Sync) => self.on_sync_failed(peer, &error.to_string()),
                     _ => {}
@@ -341,7 +436,10 @@ impl EventLoop {
     /// This peer's own status.
     pub(crate) fn node_status(&self) -> NodeStatus {
         let (role, verified) = match &self.role {
-            RoleState::Server(s) => (Role::Server, s.catalog.files.iter().map(|f| f.shard_index).collect()),
+            RoleState::Server(s) => (
+                Role::Server,
+                s.catalog.files.iter().map(|f| f.shard_index).collect(),
+            ),
             RoleState::Node(n) => (Role::Node, n.present.clone()),
         };
         NodeStatus {
@@ -359,7 +457,11 @@ impl EventLoop {
         let mut nodes = vec![self.node_status()];
         nodes.extend(self.peers.values().filter_map(|p| p.status.clone()));
         let (model, model_id, files) = match &self.role {
-            RoleState::Server(s) => (s.catalog.model.as_str(), s.catalog.model_id.as_str(), &s.catalog.files[..]),
+            RoleState::Server(s) => (
+                s.catalog.model.as_str(),
+                s.catalog.model_id.as_str(),
+                &s.catalog.files[..],
+            ),
             RoleState::Node(n) => match &n.catalog {
                 Some(c) => (c.model.as_str(), c.model_id.as_str(), &c.files[..]),
                 None => ("", "", &[][..]),

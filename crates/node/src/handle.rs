@@ -118,13 +118,22 @@ impl Handle {
     /// QUIC first.
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, HandleError> {
         let mut rx = self.listen.clone();
-        let got = rx.wait_for(Option::is_some).await.map_err(|_| HandleError::Stopped)?;
+        let got = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| HandleError::Stopped)?;
         Ok(got.clone().unwrap_or_default())
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, HandleError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, HandleError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).await.map_err(|_| HandleError::Stopped)?;
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| HandleError::Stopped)?;
         rx.await.map_err(|_| HandleError::Stopped)
     }
 
@@ -140,11 +149,16 @@ impl Handle {
 
     /// Sends raw request bytes on the command protocol and returns the raw response.
     pub async fn send_raw(&self, peer: PeerId, bytes: Vec<u8>) -> Result<Vec<u8>, HandleError> {
-        self.ask(|reply| Request::SendRaw { peer, bytes, reply }).await?
+        self.ask(|reply| Request::SendRaw { peer, bytes, reply })
+            .await?
     }
 
     /// Sends raw request bytes and decodes the response envelope.
-    pub async fn send_raw_decoded(&self, peer: PeerId, bytes: Vec<u8>) -> Result<Response, HandleError> {
+    pub async fn send_raw_decoded(
+        &self,
+        peer: PeerId,
+        bytes: Vec<u8>,
+    ) -> Result<Response, HandleError> {
         let bytes = self.send_raw(peer, bytes).await?;
         shardswarm_proto::codec::decode_response(&bytes).map_err(|e| HandleError::Request {
             peer,

@@ -70,7 +70,11 @@ impl HashCache {
 
     /// The metainfo of `path` as a torrent named `name`: from the cache when the file is
     /// unchanged, else computed (streaming) and cached. Returns whether it was computed.
-    pub fn metainfo(&mut self, path: &Path, name: &str) -> Result<(Metainfo, bool), HashCacheError> {
+    pub fn metainfo(
+        &mut self,
+        path: &Path,
+        name: &str,
+    ) -> Result<(Metainfo, bool), HashCacheError> {
         let io = |source| HashCacheError::Io {
             path: path.to_owned(),
             source,
@@ -92,10 +96,11 @@ impl HashCache {
                 }
             }
         }
-        let m = Metainfo::from_file(path, name, None).map_err(|source| HashCacheError::Metainfo {
-            path: path.to_owned(),
-            source,
-        })?;
+        let m =
+            Metainfo::from_file(path, name, None).map_err(|source| HashCacheError::Metainfo {
+                path: path.to_owned(),
+                source,
+            })?;
         let entry = Entry {
             size: meta.len(),
             mtime_ns,
@@ -149,13 +154,19 @@ mod tests {
         let file = dir.path().join("shard-0.gguf");
         std::fs::write(&file, vec![7u8; 300_000]).unwrap();
         let cache_dir = dir.path().join("catalog");
-        let (a, computed) = HashCache::open(&cache_dir).metainfo(&file, "shard-0.gguf").unwrap();
+        let (a, computed) = HashCache::open(&cache_dir)
+            .metainfo(&file, "shard-0.gguf")
+            .unwrap();
         assert!(computed);
-        let (b, computed) = HashCache::open(&cache_dir).metainfo(&file, "shard-0.gguf").unwrap();
+        let (b, computed) = HashCache::open(&cache_dir)
+            .metainfo(&file, "shard-0.gguf")
+            .unwrap();
         assert!(!computed, "a restart must not re-hash an unchanged file");
         assert_eq!(a.info_hash(), b.info_hash());
         std::fs::write(&file, vec![8u8; 300_001]).unwrap();
-        let (c, computed) = HashCache::open(&cache_dir).metainfo(&file, "shard-0.gguf").unwrap();
+        let (c, computed) = HashCache::open(&cache_dir)
+            .metainfo(&file, "shard-0.gguf")
+            .unwrap();
         assert!(computed);
         assert_ne!(c.info_hash(), a.info_hash());
     }

@@ -40,10 +40,12 @@ pub fn load_or_create(path: &Path) -> Result<Keypair, IdentityError> {
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = Keypair::generate_ed25519();
-            let bytes = key.to_protobuf_encoding().map_err(|e| IdentityError::Decode {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            })?;
+            let bytes = key
+                .to_protobuf_encoding()
+                .map_err(|e| IdentityError::Decode {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                })?;
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(io)?;
             }
@@ -91,6 +93,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("identity.key");
         std::fs::write(&path, b"not a key").unwrap();
-        assert!(matches!(load_or_create(&path), Err(IdentityError::Decode { .. })));
+        assert!(matches!(
+            load_or_create(&path),
+            Err(IdentityError::Decode { .. })
+        ));
     }
 }

@@ -81,7 +81,10 @@ fn uses(addr: &Multiaddr, quic: bool) -> bool {
     is_quic == quic
 }
 
-fn build_swarm(common: &CommonConfig, role: Role) -> Result<(Swarm<Behaviour>, Registry), StartError> {
+fn build_swarm(
+    common: &CommonConfig,
+    role: Role,
+) -> Result<(Swarm<Behaviour>, Registry), StartError> {
     std::fs::create_dir_all(&common.data_dir).map_err(|source| StartError::DataDir {
         path: common.data_dir.clone(),
         source,
@@ -91,7 +94,11 @@ fn build_swarm(common: &CommonConfig, role: Role) -> Result<(Swarm<Behaviour>, R
     let timeout = common.request_timeout;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .map_err(|e| StartError::Transport(e.to_string()))?
         .with_quic()
         .with_dns()
@@ -198,7 +205,12 @@ pub async fn start_server(cfg: ServerConfig) -> Result<Started, StartError> {
         catalog,
     };
     let shards = state.catalog.total_shards();
-    let started = spawn(swarm, registry, &cfg.common, RoleState::Server(Box::new(state)))?;
+    let started = spawn(
+        swarm,
+        registry,
+        &cfg.common,
+        RoleState::Server(Box::new(state)),
+    )?;
     started.handle.metrics.catalog_shards.set(i64::from(shards));
     Ok(started)
 }

@@ -23,7 +23,10 @@ pub fn seed_json(raw: &RawRequest) -> String {
         ("timestamp", raw.timestamp.to_string()),
         ("params", compact(raw.params.clone())),
     ];
-    let body: Vec<String> = fields.iter().map(|(k, v)| format!("  \"{k}\":{v}")).collect();
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("  \"{k}\":{v}"))
+        .collect();
     format!("{{\n{}\n}}", body.join(",\n"))
 }
 

@@ -58,7 +58,10 @@ impl NodeState {
 }
 
 fn last_catalog_path(cfg: &NodeConfig) -> std::path::PathBuf {
-    cfg.common.data_dir.join("catalog").join("last-catalog.json")
+    cfg.common
+        .data_dir
+        .join("catalog")
+        .join("last-catalog.json")
 }
 
 fn load_last_catalog(cfg: &NodeConfig) -> Option<SyncTorrentsResponse> {
@@ -85,9 +88,17 @@ impl EventLoop {
             Some(id) if !server_addrs.is_empty() => {
                 dials.push((DialOpts::peer_id(id).addresses(server_addrs).build(), false));
             }
-            _ => dials.extend(server_addrs.into_iter().map(|a| (DialOpts::unknown_peer_id().address(a).build(), true))),
+            _ => dials.extend(
+                server_addrs
+                    .into_iter()
+                    .map(|a| (DialOpts::unknown_peer_id().address(a).build(), true)),
+            ),
         }
-        dials.extend(peers.into_iter().map(|a: Multiaddr| (DialOpts::from(a), false)));
+        dials.extend(
+            peers
+                .into_iter()
+                .map(|a: Multiaddr| (DialOpts::from(a), false)),
+        );
         for (opts, unknown_server) in dials {
             let id = opts.connection_id();
             match self.swarm.dial(opts) {
@@ -108,7 +119,9 @@ impl EventLoop {
         let redial = n.redial_at.is_some_and(|t| now >= t);
         let resync = std::mem::take(&mut n.resync);
         let server = n.server;
-        let discover = n.last_discover.is_some_and(|t| now >= t + Duration::from_secs(30));
+        let discover = n
+            .last_discover
+            .is_some_and(|t| now >= t + Duration::from_secs(30));
         if redial {
             n.redial_at = None;
             self.dial_entry_points();
@@ -153,9 +166,13 @@ impl EventLoop {
 
     pub(crate) fn node_dial_failed(&mut self, peer: Option<PeerId>, connection: ConnectionId) {
         let Some(n) = self.node() else { return };
-        let was_server = n.server_dials.contains(&connection) || (peer.is_some() && peer == n.server);
+        let was_server =
+            n.server_dials.contains(&connection) || (peer.is_some() && peer == n.server);
         n.server_dials.retain(|c| *c != connection);
-        if was_server && n.redial_at.is_none() && !self.swarm.is_connected(&peer.unwrap_or(PeerId::random())) {
+        if was_server
+            && n.redial_at.is_none()
+            && !self.swarm.is_connected(&peer.unwrap_or(PeerId::random()))
+        {
             let Some(n) = self.node() else { return };
             let wait = n.backoff;
             n.backoff = (n.backoff * 2).min(MAX_BACKOFF);
@@ -166,9 +183,18 @@ impl EventLoop {
 
     fn start_sync(&mut self, peer: PeerId) {
         let Some(n) = self.node() else { return };
-        let total_shards = n.catalog.as_ref().map(|c| c.total_shards).unwrap_or(DEFAULT_TOTAL_SHARDS);
+        let total_shards = n
+            .catalog
+            .as_ref()
+            .map(|c| c.total_shards)
+            .unwrap_or(DEFAULT_TOTAL_SHARDS);
         info!(target: msglog::SYNC, "[TORRENT_SYNC] 🔄 Initiating automatic torrent synchronization with rendezvous server...");
-        self.send_command(peer, Command::SyncTorrents(SyncTorrentsParams { total_shards }), Pending::Sync, true);
+        self.send_command(
+            peer,
+            Command::SyncTorrents(SyncTorrentsParams { total_shards }),
+            Pending::Sync,
+            true,
+        );
     }
 
     pub(crate) fn on_sync_failed(&mut self, peer: PeerId, reason: &str) {
@@ -181,7 +207,10 @@ impl EventLoop {
     pub(crate) fn on_sync_response(&mut self, peer: PeerId, bytes: &[u8]) {
         let catalog = shardswarm_proto::codec::decode_response(bytes)
             .map_err(|e| e.to_string())
-            .and_then(|r| r.payload::<SyncTorrentsResponse>().map_err(|e| e.to_string()))
+            .and_then(|r| {
+                r.payload::<SyncTorrentsResponse>()
+                    .map_err(|e| e.to_string())
+            })
             .and_then(|c| check_catalog(&c).map(|()| c));
         let catalog = match catalog {
             Ok(c) => c,
@@ -191,7 +220,11 @@ impl EventLoop {
             }
         };
         info!(target: msglog::SYNC, "[TORRENT_SYNC] ✓ Received {} available file(s) from rendezvous server", catalog.files.len());
-        self.emit(Event::CatalogReceived { from: peer, model_id: catalog.model_id.clone(), files: catalog.files.clone() });
+        self.emit(Event::CatalogReceived {
+            from: peer,
+            model_id: catalog.model_id.clone(),
+            files: catalog.files.clone(),
+        });
         let Some(n) = self.node() else { return };
         if let Some(old) = &n.catalog {
             if old.total_shards != catalog.total_shards {
@@ -200,13 +233,19 @@ impl EventLoop {
         }
         if let Ok(json) = serde_json::to_vec_pretty(&catalog) {
             let path = last_catalog_path(&n.cfg);
-            let saved = path.parent().map(std::fs::create_dir_all).unwrap_or(Ok(())).and_then(|()| write_atomic(&path, &json));
+            let saved = path
+                .parent()
+                .map(std::fs::create_dir_all)
+                .unwrap_or(Ok(()))
+                .and_then(|()| write_atomic(&path, &json));
             if let Err(e) = saved {
                 warn!(target: msglog::SYNC, error = %e, "cannot save the catalog");
             }
         }
         self.decide(&catalog);
-        self.metrics.catalog_shards.set(i64::from(catalog.total_shards));
+        self.metrics
+            .catalog_shards
+            .set(i64::from(catalog.total_shards));
         if let Some(n) = self.node() {
             n.catalog = Some(catalog);
         }
@@ -222,7 +261,9 @@ impl EventLoop {
         let mut present = Vec::new();
         let mut missing = Vec::new();
         for i in wanted {
-            let Some(entry) = catalog.files.get(i as usize) else { continue };
+            let Some(entry) = catalog.files.get(i as usize) else {
+                continue;
+            };
             if n.store.is_verified(&catalog.model_id, entry) {
                 present.push(i);
             } else {
@@ -239,11 +280,17 @@ impl EventLoop {
             info!(target: msglog::SYNC, "[TORRENT_SYNC] 📥 Starting download for shard {i}");
             warn!(target: msglog::SYNC, "[TORRENT_SYNC] ⚠ this build has no piece engine yet: shard {i} stays missing");
         }
-        self.emit(Event::SyncDecision { model_id: catalog.model_id.clone(), present, missing });
+        self.emit(Event::SyncDecision {
+            model_id: catalog.model_id.clone(),
+            present,
+            missing,
+        });
     }
 
     fn register(&mut self, server: PeerId) {
-        let Some(rv) = self.swarm.behaviour_mut().rendezvous_client.as_mut() else { return };
+        let Some(rv) = self.swarm.behaviour_mut().rendezvous_client.as_mut() else {
+            return;
+        };
         let ns = match rendezvous::Namespace::new(RENDEZVOUS_NAMESPACE.to_owned()) {
             Ok(ns) => ns,
             Err(e) => {
@@ -260,14 +307,20 @@ impl EventLoop {
         if let Some(n) = self.node() {
             n.last_discover = Some(Instant::now());
         }
-        let Some(rv) = self.swarm.behaviour_mut().rendezvous_client.as_mut() else { return };
+        let Some(rv) = self.swarm.behaviour_mut().rendezvous_client.as_mut() else {
+            return;
+        };
         let ns = rendezvous::Namespace::new(RENDEZVOUS_NAMESPACE.to_owned()).ok();
         rv.discover(ns, None, None, server);
     }
 
     pub(crate) fn on_rendezvous_client(&mut self, ev: rendezvous::client::Event) {
         match ev {
-            rendezvous::client::Event::Registered { rendezvous_node, ttl, .. } => {
+            rendezvous::client::Event::Registered {
+                rendezvous_node,
+                ttl,
+                ..
+            } => {
                 debug!(target: "shardswarm::rendezvous", %rendezvous_node, ttl, "registered");
                 self.discover(rendezvous_node);
             }
@@ -283,7 +336,10 @@ impl EventLoop {
                         self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
                     }
                     debug!(target: "shardswarm::rendezvous", %peer, "discovered");
-                    if let Err(e) = self.swarm.dial(DialOpts::peer_id(peer).addresses(addrs).build()) {
+                    if let Err(e) = self
+                        .swarm
+                        .dial(DialOpts::peer_id(peer).addresses(addrs).build())
+                    {
                         debug!(target: "shardswarm::rendezvous", %peer, error = %e, "dial not started");
                     }
                 }
@@ -305,12 +361,21 @@ impl EventLoop {
 fn check_catalog(c: &SyncTorrentsResponse) -> Result<(), String> {
     validate_model_id(&c.model_id).map_err(|e| e.to_string())?;
     if c.files.len() != c.total_shards as usize || c.files.is_empty() {
-        return Err(format!("{} files for {} shards", c.files.len(), c.total_shards));
+        return Err(format!(
+            "{} files for {} shards",
+            c.files.len(),
+            c.total_shards
+        ));
     }
     let mut next = 0u32;
     for (i, f) in c.files.iter().enumerate() {
-        if f.shard_index as usize != i || f.filename != shardswarm_proto::shard_filename(f.shard_index) {
-            return Err(format!("entry {i} is {:?} (index {})", f.filename, f.shard_index));
+        if f.shard_index as usize != i
+            || f.filename != shardswarm_proto::shard_filename(f.shard_index)
+        {
+            return Err(format!(
+                "entry {i} is {:?} (index {})",
+                f.filename, f.shard_index
+            ));
         }
         if f.layers[0] != next || f.layers[1] <= f.layers[0] {
             return Err(format!("shard {i} has layers {:?}", f.layers));

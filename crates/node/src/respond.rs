@@ -58,11 +58,15 @@ impl EventLoop {
         }
     }
 
-    fn answer_sync(&mut self, peer: PeerId, params: &SyncTorrentsParams) -> Result<Value, ErrorBody> {
+    fn answer_sync(
+        &mut self,
+        peer: PeerId,
+        params: &SyncTorrentsParams,
+    ) -> Result<Value, ErrorBody> {
         info!(target: msglog::SYNC, "[TORRENT_SYNC] 📥 Received SYNC_TORRENTS request from {peer}");
-        let catalog = self.held_catalog().ok_or_else(|| {
-            ErrorBody::new(ErrorCode::NotReady, "this peer has no catalog yet")
-        })?;
+        let catalog = self
+            .held_catalog()
+            .ok_or_else(|| ErrorBody::new(ErrorCode::NotReady, "this peer has no catalog yet"))?;
         if params.total_shards != catalog.total_shards {
             warn!(target: msglog::SYNC, %peer, expected = params.total_shards, catalog = catalog.total_shards,
                 "[TORRENT_SYNC] peer expected {} shards; the catalog has {}", params.total_shards, catalog.total_shards);

@@ -87,7 +87,9 @@ impl EventLoop {
             model_id: s.catalog.model_id.clone(),
             total_shards: s.catalog.total_shards(),
         };
-        self.metrics.catalog_shards.set(i64::from(params.total_shards));
+        self.metrics
+            .catalog_shards
+            .set(i64::from(params.total_shards));
         info!(target: "shardswarm::catalog", model_id = params.model_id, total_shards = params.total_shards, "catalog changed; telling the nodes");
         let nodes: Vec<PeerId> = self
             .peers
@@ -96,7 +98,12 @@ impl EventLoop {
             .map(|(id, _)| *id)
             .collect();
         for peer in nodes {
-            self.send_command(peer, Command::CatalogChanged(params.clone()), Pending::Notify, true);
+            self.send_command(
+                peer,
+                Command::CatalogChanged(params.clone()),
+                Pending::Notify,
+                true,
+            );
         }
     }
 

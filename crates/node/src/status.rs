@@ -3,7 +3,12 @@
 use shardswarm_proto::{FileEntry, NodeStatus, ShardStatus, SwarmStatus};
 
 /// The swarm status over `files`, given the statuses of the live peers in `nodes`.
-pub fn swarm_status(model: &str, model_id: &str, files: &[FileEntry], nodes: Vec<NodeStatus>) -> SwarmStatus {
+pub fn swarm_status(
+    model: &str,
+    model_id: &str,
+    files: &[FileEntry],
+    nodes: Vec<NodeStatus>,
+) -> SwarmStatus {
     let shards: Vec<ShardStatus> = files
         .iter()
         .map(|f| ShardStatus {
@@ -62,10 +67,20 @@ mod tests {
     #[test]
     fn ready_only_when_every_shard_is_loaded_somewhere() {
         let files: Vec<_> = (0..3).map(file).collect();
-        let s = swarm_status("m", "id", &files, vec![node("a", vec![0]), node("b", vec![2])]);
+        let s = swarm_status(
+            "m",
+            "id",
+            &files,
+            vec![node("a", vec![0]), node("b", vec![2])],
+        );
         assert!(!s.swarm_ready);
         assert_eq!(s.missing, vec![1]);
-        let s = swarm_status("m", "id", &files, vec![node("a", vec![0, 1]), node("b", vec![2, 1])]);
+        let s = swarm_status(
+            "m",
+            "id",
+            &files,
+            vec![node("a", vec![0, 1]), node("b", vec![2, 1])],
+        );
         assert!(s.swarm_ready);
         assert_eq!(s.shards[1].loaded_by, vec!["a".to_owned(), "b".to_owned()]);
         assert!(!swarm_status("m", "id", &[], vec![]).swarm_ready);

@@ -90,7 +90,13 @@ mod tests {
         for id in ["..", ".", "", "a/b", "a\\b", "a\0b", "/etc", ".hidden"] {
             assert!(store.shard_path(id, "shard-0.gguf").is_err(), "{id:?}");
         }
-        for f in ["../shard-0.gguf", "/etc/passwd", "shard-0.gguf\0", "x.gguf", "shard-1.gguf/.."] {
+        for f in [
+            "../shard-0.gguf",
+            "/etc/passwd",
+            "shard-0.gguf\0",
+            "x.gguf",
+            "shard-1.gguf/..",
+        ] {
             assert!(store.shard_path("m", f).is_err(), "{f:?}");
         }
         assert_eq!(

@@ -137,7 +137,11 @@ impl Response {
             Ok(Value::Null) => Map::new(),
             Ok(other) => Map::from_iter([("result".to_owned(), other)]),
             Err(e) => {
-                return Self::error(command, header, ErrorBody::new(ErrorCode::Internal, e.to_string()));
+                return Self::error(
+                    command,
+                    header,
+                    ErrorBody::new(ErrorCode::Internal, e.to_string()),
+                );
             }
         };
         Response {
@@ -180,9 +184,16 @@ impl Response {
             return Err(err);
         }
         if self.status == Status::Error {
-            return Err(ErrorBody::new(ErrorCode::BadRequest, "error response without error object"));
+            return Err(ErrorBody::new(
+                ErrorCode::BadRequest,
+                "error response without error object",
+            ));
         }
-        serde_json::from_value(Value::Object(self.body.clone()))
-            .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, format!("bad {} payload: {e}", self.command)))
+        serde_json::from_value(Value::Object(self.body.clone())).map_err(|e| {
+            ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!("bad {} payload: {e}", self.command),
+            )
+        })
     }
 }

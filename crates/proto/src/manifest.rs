@@ -106,11 +106,17 @@ impl Manifest {
                 return Err(bad(format!("index {} out of order", s.index)));
             }
             if s.filename != shard_filename(s.index) {
-                return Err(bad(format!("filename {:?} is not {}", s.filename, shard_filename(s.index))));
+                return Err(bad(format!(
+                    "filename {:?} is not {}",
+                    s.filename,
+                    shard_filename(s.index)
+                )));
             }
             let [start, end] = s.layers;
             if start != next_layer || end <= start {
-                return Err(bad(format!("layers [{start}, {end}) do not continue from {next_layer}")));
+                return Err(bad(format!(
+                    "layers [{start}, {end}) do not continue from {next_layer}"
+                )));
             }
             next_layer = end;
         }
@@ -189,7 +195,13 @@ mod tests {
     fn shard_filenames_parse_strictly() {
         assert_eq!(parse_shard_filename("shard-0.gguf"), Some(0));
         assert_eq!(parse_shard_filename("shard-17.gguf"), Some(17));
-        for bad in ["shard-01.gguf", "shard-.gguf", "shard--1.gguf", "shard-1.gguf.part", "x/shard-1.gguf"] {
+        for bad in [
+            "shard-01.gguf",
+            "shard-.gguf",
+            "shard--1.gguf",
+            "shard-1.gguf.part",
+            "x/shard-1.gguf",
+        ] {
             assert_eq!(parse_shard_filename(bad), None, "{bad}");
         }
     }

@@ -19,7 +19,8 @@ fn header() -> impl Strategy<Value = Header> {
 
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
-        any::<u32>().prop_map(|total_shards| Command::SyncTorrents(SyncTorrentsParams { total_shards })),
+        any::<u32>()
+            .prop_map(|total_shards| Command::SyncTorrents(SyncTorrentsParams { total_shards })),
         Just(Command::ListFiles),
         Just(Command::SwarmStatus),
         Just(Command::GetNodeStatus),
@@ -78,32 +79,48 @@ fn seed_document_request_decodes() {
   "params":{"total_shards":8}
 }"#;
     let req = decode_request(seed.as_bytes()).unwrap().typed().unwrap();
-    assert_eq!(req.command, Command::SyncTorrents(SyncTorrentsParams { total_shards: 8 }));
+    assert_eq!(
+        req.command,
+        Command::SyncTorrents(SyncTorrentsParams { total_shards: 8 })
+    );
     assert_eq!(req.header.timestamp, 1769057962);
 }
 
 #[test]
 fn unknown_command_and_bad_params_get_codes() {
     let raw = |cmd: &str, params: serde_json::Value| {
-        serde_json::to_vec(&json!({"command": cmd, "request_id": "r", "from": "a", "to": "b",
-            "timestamp": 1, "params": params}))
+        serde_json::to_vec(
+            &json!({"command": cmd, "request_id": "r", "from": "a", "to": "b",
+            "timestamp": 1, "params": params}),
+        )
         .unwrap()
     };
-    let e = decode_request(&raw("FLY", json!({}))).unwrap().typed().unwrap_err();
+    let e = decode_request(&raw("FLY", json!({})))
+        .unwrap()
+        .typed()
+        .unwrap_err();
     assert_eq!(e.code, ErrorCode::UnknownCommand);
     let e = decode_request(&raw("SYNC_TORRENTS", json!({"total_shards": "x"})))
         .unwrap()
         .typed()
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::BadRequest);
-    assert_eq!(decode_request(b"{not json").unwrap_err().code, ErrorCode::BadRequest);
+    assert_eq!(
+        decode_request(b"{not json").unwrap_err().code,
+        ErrorCode::BadRequest
+    );
     let big = vec![b' '; shardswarm_proto::codec::MAX_REQUEST_BYTES + 1];
     assert_eq!(decode_request(&big).unwrap_err().code, ErrorCode::TooLarge);
 }
 
 #[test]
 fn success_payload_fields_are_top_level() {
-    let h = Header { request_id: "r".into(), from: "a".into(), to: "b".into(), timestamp: 5 };
+    let h = Header {
+        request_id: "r".into(),
+        from: "a".into(),
+        to: "b".into(),
+        timestamp: 5,
+    };
     let resp = Response::success("SYNC_TORRENTS", h, json!({"model_id": "m", "files": []}));
     let v: serde_json::Value = serde_json::from_slice(&encode_response(&resp)).unwrap();
     assert_eq!(v["status"], "success");

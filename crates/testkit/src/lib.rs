@@ -69,7 +69,11 @@ pub fn server_config(data_dir: PathBuf, shards_dir: PathBuf) -> ServerConfig {
 }
 
 /// A node config on loopback joining `server`.
-pub fn node_config(data_dir: PathBuf, server: Vec<libp2p::Multiaddr>, shards: ShardPolicy) -> NodeConfig {
+pub fn node_config(
+    data_dir: PathBuf,
+    server: Vec<libp2p::Multiaddr>,
+    shards: ShardPolicy,
+) -> NodeConfig {
     NodeConfig {
         common: CommonConfig::new(data_dir, loopback_listen()),
         server,
@@ -80,7 +84,10 @@ pub fn node_config(data_dir: PathBuf, server: Vec<libp2p::Multiaddr>, shards: Sh
 }
 
 /// Starts a server on loopback and waits for its addresses.
-pub async fn start_server(data_dir: PathBuf, shards_dir: PathBuf) -> Result<(Started, Vec<libp2p::Multiaddr>)> {
+pub async fn start_server(
+    data_dir: PathBuf,
+    shards_dir: PathBuf,
+) -> Result<(Started, Vec<libp2p::Multiaddr>)> {
     let started = shardswarm_node::start_server(server_config(data_dir, shards_dir)).await?;
     let addrs = within(Duration::from_secs(10), started.handle.listen_addrs()).await??;
     Ok((started, addrs))

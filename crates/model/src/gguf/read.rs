@@ -10,7 +10,9 @@ use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::limits::*;
-use super::{ALIGNMENT_KEY, Array, DEFAULT_ALIGNMENT, GgmlType, GgufError, MAGIC, Value, ValueType, align_up};
+use super::{
+    ALIGNMENT_KEY, Array, DEFAULT_ALIGNMENT, GgmlType, GgufError, MAGIC, Value, ValueType, align_up,
+};
 
 /// One tensor as described by the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +92,8 @@ pub struct GgufFile {
 impl GgufFile {
     /// Opens and validates a GGUF file (reads only the header, metadata and tensor infos).
     pub fn open(path: &Path) -> Result<Self, GgufError> {
-        let file = File::open(path).map_err(|e| GgufError::io(format!("opening {}", path.display()), e))?;
+        let file = File::open(path)
+            .map_err(|e| GgufError::io(format!("opening {}", path.display()), e))?;
         let len = file
             .metadata()
             .map_err(|e| GgufError::io(format!("reading size of {}", path.display()), e))?
@@ -116,27 +119,42 @@ impl GgufFile {
                 return Err(GgufError::DuplicateKey { key: k.clone() });
             }
         }
-        let alignment = match p.metadata.get(keys.get(ALIGNMENT_KEY).copied().unwrap_or(usize::MAX)) {
+        let alignment = match p
+            .metadata
+            .get(keys.get(ALIGNMENT_KEY).copied().unwrap_or(usize::MAX))
+        {
             None => DEFAULT_ALIGNMENT,
             Some((_, Value::U32(a))) if *a != 0 && a.is_power_of_two() => u64::from(*a),
-            Some((_, v)) => return Err(GgufError::BadAlignment { reason: format!("{v:?}") }),
+            Some((_, v)) => {
+                return Err(GgufError::BadAlignment {
+                    reason: format!("{v:?}"),
+                });
+            }
         };
-        let data_offset = align_up(p.end_of_infos, alignment).ok_or_else(|| GgufError::BadAlignment {
-            reason: "data section offset overflows".into(),
-        })?;
+        let data_offset =
+            align_up(p.end_of_infos, alignment).ok_or_else(|| GgufError::BadAlignment {
+                reason: "data section offset overflows".into(),
+            })?;
         let mut names = HashMap::with_capacity(p.tensors.len());
         let mut tensors = Vec::with_capacity(p.tensors.len());
         for (i, raw) in p.tensors.into_iter().enumerate() {
-            let bad = |reason: String| GgufError::BadTensor { name: raw.name.clone(), reason };
-            let ggml_type = GgmlType::from_u32(raw.type_id).ok_or_else(|| GgufError::UnsupportedType {
-                tensor: raw.name.clone(),
-                type_id: raw.type_id,
-            })?;
+            let bad = |reason: String| GgufError::BadTensor {
+                name: raw.name.clone(),
+                reason,
+            };
+            let ggml_type =
+                GgmlType::from_u32(raw.type_id).ok_or_else(|| GgufError::UnsupportedType {
+                    tensor: raw.name.clone(),
+                    type_id: raw.type_id,
+                })?;
             let size = ggml_type
                 .tensor_bytes(&raw.dims)
                 .ok_or_else(|| bad(format!("dims {:?} do not fit type {ggml_type}", raw.dims)))?;
             if raw.offset % alignment != 0 {
-                return Err(bad(format!("offset {} is not a multiple of {alignment}", raw.offset)));
+                return Err(bad(format!(
+                    "offset {} is not a multiple of {alignment}",
+                    raw.offset
+                )));
             }
             let start = data_offset.checked_add(raw.offset);
             let end = start.and_then(|s| s.checked_add(size));
@@ -199,13 +217,18 @@ impl GgufFile {
     }
 
     fn require(&self, key: &str) -> Result<&Value, GgufError> {
-        self.get(key).ok_or_else(|| GgufError::MissingKey { key: key.into() })
+        self.get(key)
+            .ok_or_else(|| GgufError::MissingKey { key: key.into() })
     }
 
     /// An integer value that fits `u64` (any integer type, non-negative).
     pub fn get_u64(&self, key: &str) -> Result<u64, GgufError> {
         let v = self.require(key)?;
-        v.as_u64().ok_or(GgufError::WrongType { key: key.into(), expected: "a non-negative integer", found: v.value_type() })
+        v.as_u64().ok_or(GgufError::WrongType {
+            key: key.into(),
+            expected: "a non-negative integer",
+            found: v.value_type(),
+        })
     }
 
     /// An integer value that fits `u32` (any integer type).
@@ -213,25 +236,41 @@ impl GgufFile {
         let v = self.require(key)?;
         v.as_u64()
             .and_then(|n| u32::try_from(n).ok())
-            .ok_or(GgufError::WrongType { key: key.into(), expected: "an integer in u32 range", found: v.value_type() })
+            .ok_or(GgufError::WrongType {
+                key: key.into(),
+                expected: "an integer in u32 range",
+                found: v.value_type(),
+            })
     }
 
     /// A float value (`f32` or `f64`) as `f64`.
     pub fn get_f64(&self, key: &str) -> Result<f64, GgufError> {
         let v = self.require(key)?;
-        v.as_f64().ok_or(GgufError::WrongType { key: key.into(), expected: "a float", found: v.value_type() })
+        v.as_f64().ok_or(GgufError::WrongType {
+            key: key.into(),
+            expected: "a float",
+            found: v.value_type(),
+        })
     }
 
     /// A UTF-8 string value.
     pub fn get_str(&self, key: &str) -> Result<&str, GgufError> {
         let v = self.require(key)?;
-        v.as_str().ok_or(GgufError::WrongType { key: key.into(), expected: "a UTF-8 string", found: v.value_type() })
+        v.as_str().ok_or(GgufError::WrongType {
+            key: key.into(),
+            expected: "a UTF-8 string",
+            found: v.value_type(),
+        })
     }
 
     /// An array value.
     pub fn get_array(&self, key: &str) -> Result<&Array, GgufError> {
         let v = self.require(key)?;
-        v.as_array().ok_or(GgufError::WrongType { key: key.into(), expected: "an array", found: v.value_type() })
+        v.as_array().ok_or(GgufError::WrongType {
+            key: key.into(),
+            expected: "an array",
+            found: v.value_type(),
+        })
     }
 
     /// All tensor infos, in file order.
@@ -261,7 +300,9 @@ impl GgufFile {
 
     /// Reads `buf.len()` bytes at absolute `offset`.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), GgufError> {
-        self.backing.read_exact_at(buf, offset).map_err(|e| GgufError::io(self.context(offset), e))
+        self.backing
+            .read_exact_at(buf, offset)
+            .map_err(|e| GgufError::io(self.context(offset), e))
     }
 
     fn context(&self, offset: u64) -> String {
@@ -273,8 +314,10 @@ impl GgufFile {
 
     /// Reads one tensor's bytes into memory.
     pub fn read_tensor(&self, info: &TensorInfo) -> Result<Vec<u8>, GgufError> {
-        let len = usize::try_from(info.size)
-            .map_err(|_| GgufError::BadTensor { name: info.name.clone(), reason: "too large for memory".into() })?;
+        let len = usize::try_from(info.size).map_err(|_| GgufError::BadTensor {
+            name: info.name.clone(),
+            reason: "too large for memory".into(),
+        })?;
         let mut buf = vec![0u8; len];
         self.read_at(&mut buf, info.data_offset)?;
         Ok(buf)
@@ -288,7 +331,8 @@ impl GgufFile {
         while done < info.size {
             let n = CHUNK.min(info.size - done) as usize;
             self.read_at(&mut buf[..n], info.data_offset + done)?;
-            out.write_all(&buf[..n]).map_err(|e| GgufError::io(format!("writing tensor {}", info.name), e))?;
+            out.write_all(&buf[..n])
+                .map_err(|e| GgufError::io(format!("writing tensor {}", info.name), e))?;
             done += n as u64;
         }
         Ok(done)
@@ -311,10 +355,17 @@ struct Parsed {
 }
 
 fn parse(r: impl Read, len: u64) -> Result<Parsed, GgufError> {
-    let mut p = Parser { r, pos: 0, len, elements_left: MAX_ARRAY_ELEMENTS_TOTAL };
+    let mut p = Parser {
+        r,
+        pos: 0,
+        len,
+        elements_left: MAX_ARRAY_ELEMENTS_TOTAL,
+    };
     let magic: [u8; 4] = p.fixed("magic")?;
     if magic != MAGIC {
-        return Err(GgufError::BadMagic { found: magic.to_vec() });
+        return Err(GgufError::BadMagic {
+            found: magic.to_vec(),
+        });
     }
     let version = p.u32("version")?;
     if !(2..=3).contains(&version) {
@@ -327,7 +378,8 @@ fn parse(r: impl Read, len: u64) -> Result<Parsed, GgufError> {
         let key = p.utf8("metadata key", MAX_KEY_LEN)?;
         let offset = p.pos;
         let tag = p.u32("value type")?;
-        let ty = ValueType::from_u32(tag).ok_or_else(|| malformed(&key, offset, format!("unknown value type {tag}")))?;
+        let ty = ValueType::from_u32(tag)
+            .ok_or_else(|| malformed(&key, offset, format!("unknown value type {tag}")))?;
         let value = p.value(ty, &key, 0)?;
         metadata.push((key, value));
     }
@@ -337,7 +389,12 @@ fn parse(r: impl Read, len: u64) -> Result<Parsed, GgufError> {
         let offset = p.pos;
         let n_dims = p.u32("tensor dimension count")?;
         if n_dims > MAX_DIMS {
-            return Err(GgufError::TooLarge { what: format!("dimension count of {name}"), offset, value: n_dims.into(), limit: MAX_DIMS.into() });
+            return Err(GgufError::TooLarge {
+                what: format!("dimension count of {name}"),
+                offset,
+                value: n_dims.into(),
+                limit: MAX_DIMS.into(),
+            });
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
@@ -345,13 +402,27 @@ fn parse(r: impl Read, len: u64) -> Result<Parsed, GgufError> {
         }
         let type_id = p.u32("tensor type")?;
         let offset = p.u64("tensor offset")?;
-        tensors.push(RawTensor { name, dims, type_id, offset });
+        tensors.push(RawTensor {
+            name,
+            dims,
+            type_id,
+            offset,
+        });
     }
-    Ok(Parsed { version, metadata, tensors, end_of_infos: p.pos })
+    Ok(Parsed {
+        version,
+        metadata,
+        tensors,
+        end_of_infos: p.pos,
+    })
 }
 
 fn malformed(what: &str, offset: u64, reason: String) -> GgufError {
-    GgufError::Malformed { what: what.to_string(), offset, reason }
+    GgufError::Malformed {
+        what: what.to_string(),
+        offset,
+        reason,
+    }
 }
 
 /// A bounds-checked little-endian reader that knows the file length, so nothing is allocated
@@ -366,7 +437,10 @@ struct Parser<R> {
 impl<R: Read> Parser<R> {
     fn need(&self, n: u64, what: &str) -> Result<(), GgufError> {
         if self.len.saturating_sub(self.pos) < n {
-            return Err(GgufError::Truncated { what: what.into(), offset: self.pos });
+            return Err(GgufError::Truncated {
+                what: what.into(),
+                offset: self.pos,
+            });
         }
         Ok(())
     }
@@ -374,7 +448,10 @@ impl<R: Read> Parser<R> {
     fn fill(&mut self, buf: &mut [u8], what: &str) -> Result<(), GgufError> {
         self.need(buf.len() as u64, what)?;
         self.r.read_exact(buf).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => GgufError::Truncated { what: what.into(), offset: self.pos },
+            io::ErrorKind::UnexpectedEof => GgufError::Truncated {
+                what: what.into(),
+                offset: self.pos,
+            },
             _ => GgufError::io(format!("reading {what} at byte {}", self.pos), e),
         })?;
         self.pos += buf.len() as u64;
@@ -400,10 +477,20 @@ impl<R: Read> Parser<R> {
         let offset = self.pos;
         let n = self.u64(what)?;
         if n > limit {
-            return Err(GgufError::TooLarge { what: what.into(), offset, value: n, limit });
+            return Err(GgufError::TooLarge {
+                what: what.into(),
+                offset,
+                value: n,
+                limit,
+            });
         }
         self.need(n.saturating_mul(min_item), what)?;
-        usize::try_from(n).map_err(|_| GgufError::TooLarge { what: what.into(), offset, value: n, limit: usize::MAX as u64 })
+        usize::try_from(n).map_err(|_| GgufError::TooLarge {
+            what: what.into(),
+            offset,
+            value: n,
+            limit: usize::MAX as u64,
+        })
     }
 
     fn bytes(&mut self, what: &str, limit: u64) -> Result<Vec<u8>, GgufError> {
@@ -449,10 +536,16 @@ impl<R: Read> Parser<R> {
     fn array(&mut self, key: &str, depth: u32) -> Result<Array, GgufError> {
         let offset = self.pos;
         if depth > MAX_ARRAY_DEPTH {
-            return Err(GgufError::TooLarge { what: format!("array nesting of {key}"), offset, value: depth.into(), limit: MAX_ARRAY_DEPTH.into() });
+            return Err(GgufError::TooLarge {
+                what: format!("array nesting of {key}"),
+                offset,
+                value: depth.into(),
+                limit: MAX_ARRAY_DEPTH.into(),
+            });
         }
         let tag = self.u32(key)?;
-        let ty = ValueType::from_u32(tag).ok_or_else(|| malformed(key, offset, format!("unknown array element type {tag}")))?;
+        let ty = ValueType::from_u32(tag)
+            .ok_or_else(|| malformed(key, offset, format!("unknown array element type {tag}")))?;
         let n = self.count(key, self.elements_left, ty.min_encoded_len())?;
         self.elements_left -= n as u64;
         macro_rules! prim {

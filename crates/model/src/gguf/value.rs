@@ -346,7 +346,9 @@ mod tests {
     #[test]
     fn array_encoding_has_type_length_and_elements() {
         let mut out = Vec::new();
-        Value::Array(Array::U16(vec![1, 2])).encode(&mut out).unwrap();
+        Value::Array(Array::U16(vec![1, 2]))
+            .encode(&mut out)
+            .unwrap();
         assert_eq!(out, [2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2, 0]);
     }
 

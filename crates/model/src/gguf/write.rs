@@ -9,7 +9,10 @@ use std::collections::HashSet;
 use std::io::{self, Write};
 
 use super::value::encode_string;
-use super::{ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GgmlType, GgufError, GgufFile, MAGIC, TensorInfo, Value, align_up};
+use super::{
+    ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GgmlType, GgufError, GgufFile, MAGIC, TensorInfo, Value,
+    align_up,
+};
 
 /// Where a tensor's bytes come from.
 #[derive(Debug, Clone, Copy)]
@@ -57,21 +60,44 @@ impl<'a> GgufWriter<'a> {
     }
 
     /// Appends a tensor; its data must be exactly the size its type and dims imply.
-    pub fn add_tensor(&mut self, name: impl Into<String>, ggml_type: GgmlType, dims: &[u64], data: TensorData<'a>) -> &mut Self {
-        self.tensors.push(PendingTensor { name: name.into(), dims: dims.to_vec(), ggml_type, data });
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        ggml_type: GgmlType,
+        dims: &[u64],
+        data: TensorData<'a>,
+    ) -> &mut Self {
+        self.tensors.push(PendingTensor {
+            name: name.into(),
+            dims: dims.to_vec(),
+            ggml_type,
+            data,
+        });
         self
     }
 
     /// Appends a tensor of `file` under `name`, same type and dims, bytes streamed at write time.
-    pub fn copy_tensor(&mut self, name: impl Into<String>, file: &'a GgufFile, info: &'a TensorInfo) -> &mut Self {
-        self.add_tensor(name, info.ggml_type, &info.dims, TensorData::File(file, info))
+    pub fn copy_tensor(
+        &mut self,
+        name: impl Into<String>,
+        file: &'a GgufFile,
+        info: &'a TensorInfo,
+    ) -> &mut Self {
+        self.add_tensor(
+            name,
+            info.ggml_type,
+            &info.dims,
+            TensorData::File(file, info),
+        )
     }
 
     fn alignment(&self) -> Result<u64, GgufError> {
         match self.metadata.iter().find(|(k, _)| k == ALIGNMENT_KEY) {
             None => Ok(DEFAULT_ALIGNMENT),
             Some((_, Value::U32(a))) if *a != 0 && a.is_power_of_two() => Ok(u64::from(*a)),
-            Some((_, v)) => Err(GgufError::BadAlignment { reason: format!("{v:?}") }),
+            Some((_, v)) => Err(GgufError::BadAlignment {
+                reason: format!("{v:?}"),
+            }),
         }
     }
 
@@ -84,16 +110,29 @@ impl<'a> GgufWriter<'a> {
         }
         let mut names = HashSet::new();
         for t in &self.tensors {
-            let bad = |reason: String| GgufError::BadTensor { name: t.name.clone(), reason };
+            let bad = |reason: String| GgufError::BadTensor {
+                name: t.name.clone(),
+                reason,
+            };
             if !names.insert(t.name.as_str()) {
-                return Err(GgufError::DuplicateTensor { name: t.name.clone() });
+                return Err(GgufError::DuplicateTensor {
+                    name: t.name.clone(),
+                });
             }
             if t.dims.len() > super::limits::MAX_DIMS as usize {
                 return Err(bad(format!("{} dimensions", t.dims.len())));
             }
-            let size = t.ggml_type.tensor_bytes(&t.dims).ok_or_else(|| bad(format!("dims {:?} do not fit {}", t.dims, t.ggml_type)))?;
+            let size = t
+                .ggml_type
+                .tensor_bytes(&t.dims)
+                .ok_or_else(|| bad(format!("dims {:?} do not fit {}", t.dims, t.ggml_type)))?;
             if size != t.data.len() {
-                return Err(bad(format!("data is {} bytes, {} {:?} needs {size}", t.data.len(), t.ggml_type, t.dims)));
+                return Err(bad(format!(
+                    "data is {} bytes, {} {:?} needs {size}",
+                    t.data.len(),
+                    t.ggml_type,
+                    t.dims
+                )));
             }
         }
         Ok(())
@@ -102,13 +141,22 @@ impl<'a> GgufWriter<'a> {
     /// The exact number of bytes [`GgufWriter::write`] will produce.
     pub fn encoded_len(&self) -> Result<u64, GgufError> {
         self.validate()?;
-        let mut counter = Counter { inner: io::sink(), written: 0 };
-        self.write_header(&mut counter).map_err(|e| GgufError::io("sizing header", e))?;
+        let mut counter = Counter {
+            inner: io::sink(),
+            written: 0,
+        };
+        self.write_header(&mut counter)
+            .map_err(|e| GgufError::io("sizing header", e))?;
         let align = self.alignment()?;
-        let overflow = || GgufError::BadAlignment { reason: "file size overflows".into() };
+        let overflow = || GgufError::BadAlignment {
+            reason: "file size overflows".into(),
+        };
         let mut pos = align_up(counter.written, align).ok_or_else(overflow)?;
         for t in &self.tensors {
-            pos = pos.checked_add(t.data.len()).and_then(|p| align_up(p, align)).ok_or_else(overflow)?;
+            pos = pos
+                .checked_add(t.data.len())
+                .and_then(|p| align_up(p, align))
+                .ok_or_else(overflow)?;
         }
         Ok(pos)
     }
@@ -142,7 +190,10 @@ impl<'a> GgufWriter<'a> {
     pub fn write(&self, out: &mut dyn Write) -> Result<u64, GgufError> {
         self.validate()?;
         let align = self.alignment()?;
-        let mut w = Counter { inner: out, written: 0 };
+        let mut w = Counter {
+            inner: out,
+            written: 0,
+        };
         let io_err = |what: &str| {
             let what = what.to_string();
             move |e| GgufError::io(format!("writing GGUF {what}"), e)
@@ -201,12 +252,28 @@ mod tests {
     fn sample_writer(data: &[u8]) -> GgufWriter<'_> {
         let mut w = GgufWriter::new();
         w.push_metadata("general.architecture", Value::string("llama"))
-            .push_metadata("a.nested", Value::Array(Array::Array(vec![Array::U8(vec![1, 2]), Array::String(vec![b"x".to_vec()])])))
+            .push_metadata(
+                "a.nested",
+                Value::Array(Array::Array(vec![
+                    Array::U8(vec![1, 2]),
+                    Array::String(vec![b"x".to_vec()]),
+                ])),
+            )
             .push_metadata("a.bool", Value::Bool(true))
             .push_metadata("a.f64", Value::F64(0.5))
             .push_metadata("a.empty", Value::Array(Array::I64(vec![])));
-        w.add_tensor("t.f32", GgmlType::F32, &[3, 2], TensorData::Bytes(&data[..24]));
-        w.add_tensor("t.q8", GgmlType::Q8_0, &[32], TensorData::Bytes(&data[24..58]));
+        w.add_tensor(
+            "t.f32",
+            GgmlType::F32,
+            &[3, 2],
+            TensorData::Bytes(&data[..24]),
+        );
+        w.add_tensor(
+            "t.q8",
+            GgmlType::Q8_0,
+            &[32],
+            TensorData::Bytes(&data[24..58]),
+        );
         w
     }
 
@@ -233,10 +300,17 @@ mod tests {
         let data = [0u8; 16];
         let mut w = GgufWriter::new();
         w.add_tensor("t", GgmlType::F32, &[3], TensorData::Bytes(&data));
-        assert!(matches!(w.write(&mut Vec::new()), Err(GgufError::BadTensor { .. })));
+        assert!(matches!(
+            w.write(&mut Vec::new()),
+            Err(GgufError::BadTensor { .. })
+        ));
         let mut w = GgufWriter::new();
-        w.push_metadata("k", Value::U8(1)).push_metadata("k", Value::U8(2));
-        assert!(matches!(w.write(&mut Vec::new()), Err(GgufError::DuplicateKey { .. })));
+        w.push_metadata("k", Value::U8(1))
+            .push_metadata("k", Value::U8(2));
+        assert!(matches!(
+            w.write(&mut Vec::new()),
+            Err(GgufError::DuplicateKey { .. })
+        ));
     }
 
     #[test]

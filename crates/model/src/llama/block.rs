@@ -36,8 +36,16 @@ impl Block {
     ) -> Result<Tensor> {
         let (b, s, dim) = x.dims3()?;
         let h = self.attn_norm.forward(x)?;
-        let q = self.wq.forward(&h)?.reshape((b, s, self.n_head, self.head_dim))?.transpose(1, 2)?;
-        let k = self.wk.forward(&h)?.reshape((b, s, self.n_kv_head, self.head_dim))?.transpose(1, 2)?;
+        let q = self
+            .wq
+            .forward(&h)?
+            .reshape((b, s, self.n_head, self.head_dim))?
+            .transpose(1, 2)?;
+        let k = self
+            .wk
+            .forward(&h)?
+            .reshape((b, s, self.n_kv_head, self.head_dim))?
+            .transpose(1, 2)?;
         let v = self
             .wv
             .forward(&h)?

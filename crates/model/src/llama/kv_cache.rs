@@ -105,12 +105,21 @@ impl KvCache {
 
     /// Writes `k`, `v` (`[1, n_kv, s, d]`) of layer `idx` at `pos` and returns views of rows
     /// `0..pos + s`. The caller advances the length with [`KvCache::set_len`] after all layers.
-    pub(crate) fn append(&mut self, idx: usize, pos: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn append(
+        &mut self,
+        idx: usize,
+        pos: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let s = k.dim(2)?;
         let layer = &self.layers[idx];
         layer.k.slice_set(&k.contiguous()?, 2, pos)?;
         layer.v.slice_set(&v.contiguous()?, 2, pos)?;
-        Ok((layer.k.narrow(2, 0, pos + s)?, layer.v.narrow(2, 0, pos + s)?))
+        Ok((
+            layer.k.narrow(2, 0, pos + s)?,
+            layer.v.narrow(2, 0, pos + s)?,
+        ))
     }
 
     pub(crate) fn set_len(&mut self, len: usize) {

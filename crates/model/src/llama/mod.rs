@@ -131,19 +131,27 @@ pub struct Stage {
 }
 
 /// The layer range a GGUF holds: its `shardswarm.layer_start/end` keys, else the whole model.
-fn file_range(content: &Content, config: &LlamaConfig) -> Result<(Range<u32>, Option<u32>), ConfigError> {
+fn file_range(
+    content: &Content,
+    config: &LlamaConfig,
+) -> Result<(Range<u32>, Option<u32>), ConfigError> {
     let md = &content.metadata;
     if md.contains_key("shardswarm.layer_start") {
         let to_u32 = |key: &str| -> Result<u32, ConfigError> {
-            u32::try_from(get_u64(md, key)?)
-                .map_err(|_| ConfigError::WrongType { key: key.to_string(), expected: "a u32" })
+            u32::try_from(get_u64(md, key)?).map_err(|_| ConfigError::WrongType {
+                key: key.to_string(),
+                expected: "a u32",
+            })
         };
         let start = to_u32("shardswarm.layer_start")?;
         let end = to_u32("shardswarm.layer_end")?;
         let index = to_u32("shardswarm.shard_index").ok();
         if start >= end || end > config.block_count {
             return Err(ConfigError::Unsupported {
-                reason: format!("shard layer range {start}..{end} of {} blocks", config.block_count),
+                reason: format!(
+                    "shard layer range {start}..{end} of {} blocks",
+                    config.block_count
+                ),
             });
         }
         Ok((start..end, index))
@@ -166,9 +174,16 @@ impl Loader<'_> {
             name: name.to_string(),
             problem,
         };
-        let info = self.content.tensor_infos.get(name).ok_or_else(|| err("is missing".into()))?;
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| err("is missing".into()))?;
         if info.shape.dims() != dims {
-            return Err(err(format!("has shape {:?}, expected {dims:?}", info.shape.dims())));
+            return Err(err(format!(
+                "has shape {:?}, expected {dims:?}",
+                info.shape.dims()
+            )));
         }
         self.content
             .tensor(&mut self.reader, name, self.device)
@@ -184,37 +199,68 @@ impl Stage {
 
     /// Loads the blocks `layers` from a shard or whole-model file (embedding when the range
     /// starts at 0, head when it ends at the block count). Only those tensors are read.
-    pub fn load_range(path: &Path, layers: Range<u32>, device: &Device) -> Result<Self, StageError> {
+    pub fn load_range(
+        path: &Path,
+        layers: Range<u32>,
+        device: &Device,
+    ) -> Result<Self, StageError> {
         Self::load_inner(path, Some(layers), device)
     }
 
-    fn load_inner(path: &Path, want: Option<Range<u32>>, device: &Device) -> Result<Self, StageError> {
-        let io = |source| StageError::Io { path: path.to_path_buf(), source };
+    fn load_inner(
+        path: &Path,
+        want: Option<Range<u32>>,
+        device: &Device,
+    ) -> Result<Self, StageError> {
+        let io = |source| StageError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let mut reader = BufReader::new(std::fs::File::open(path).map_err(io)?);
-        let content = Content::read(&mut reader)
-            .map_err(|source| StageError::Gguf { path: path.to_path_buf(), source })?;
-        let cfg_err = |source| StageError::Config { path: path.to_path_buf(), source };
+        let content = Content::read(&mut reader).map_err(|source| StageError::Gguf {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg_err = |source| StageError::Config {
+            path: path.to_path_buf(),
+            source,
+        };
         let config = LlamaConfig::from_content(&content).map_err(cfg_err)?;
         let (have, shard_index) = file_range(&content, &config).map_err(cfg_err)?;
         let layers = match want {
             None => have.clone(),
             Some(w) if w.start < w.end && w.start >= have.start && w.end <= have.end => w,
-            Some(w) => return Err(StageError::LayerRange { path: path.to_path_buf(), want: w, have }),
+            Some(w) => {
+                return Err(StageError::LayerRange {
+                    path: path.to_path_buf(),
+                    want: w,
+                    have,
+                });
+            }
         };
-        let mut ld = Loader { path, content: &content, reader, device };
+        let mut ld = Loader {
+            path,
+            content: &content,
+            reader,
+            device,
+        };
         let c = &config;
         let (dim, kv_dim) = (c.embedding_length, c.head_count_kv * c.head_dim);
         let eps = c.rms_norm_eps;
 
         let embedding = if layers.start == 0 {
-            Some(Arc::new(ld.tensor("token_embd.weight", &[c.vocab_size, dim])?))
+            Some(Arc::new(
+                ld.tensor("token_embd.weight", &[c.vocab_size, dim])?,
+            ))
         } else {
             None
         };
         let mut blocks = Vec::with_capacity((layers.end - layers.start) as usize);
         for i in layers.clone() {
             let mut t = |name: &str, dims: &[usize]| -> Result<Arc<QTensor>, StageError> {
-                Ok(Arc::new(ld.tensor(&format!("blk.{i}.{name}.weight"), dims)?))
+                Ok(Arc::new(
+                    ld.tensor(&format!("blk.{i}.{name}.weight"), dims)?,
+                ))
             };
             let lin = |w: Arc<QTensor>| QLinear::new(w).map_err(StageError::from);
             let norm = |w: Arc<QTensor>| RmsNorm::new(&w, eps).map_err(StageError::from);
@@ -243,14 +289,26 @@ impl Stage {
             } else {
                 Arc::new(ld.tensor("token_embd.weight", &[c.vocab_size, dim])?)
             };
-            Some(Head { norm, output: QLinear::new(output)? })
+            Some(Head {
+                norm,
+                output: QLinear::new(output)?,
+            })
         } else {
             None
         };
         let rope = Rope::new(c.head_dim, c.rope_freq_base, c.context_length, device)?;
         tracing::debug!(target: "shardswarm::model", path = %path.display(), ?layers,
             embedding = embedding.is_some(), head = head.is_some(), "stage loaded");
-        Ok(Self { config, layers, shard_index, embedding, blocks, head, rope, device: device.clone() })
+        Ok(Self {
+            config,
+            layers,
+            shard_index,
+            embedding,
+            blocks,
+            head,
+            rope,
+            device: device.clone(),
+        })
     }
 
     /// The model's hyper-parameters.
@@ -300,10 +358,10 @@ impl Stage {
 
     /// Token ids → hidden states `[1, n, dim]` f32. Needs the embedding.
     pub fn embed(&self, tokens: &[u32]) -> Result<Tensor, StageError> {
-        let emb = self
-            .embedding
-            .as_ref()
-            .ok_or(StageError::MissingPart { layers: self.layers(), part: "token embedding" })?;
+        let emb = self.embedding.as_ref().ok_or(StageError::MissingPart {
+            layers: self.layers(),
+            part: "token embedding",
+        })?;
         let vocab = self.config.vocab_size;
         if let Some(&id) = tokens.iter().find(|&&id| id as usize >= vocab) {
             return Err(StageError::TokenOutOfRange { id, vocab });
@@ -316,7 +374,10 @@ impl Stage {
     }
 
     fn bad(&self, reason: impl Into<String>) -> StageError {
-        StageError::BadInput { layers: self.layers(), reason: reason.into() }
+        StageError::BadInput {
+            layers: self.layers(),
+            reason: reason.into(),
+        }
     }
 
     /// Runs this stage's blocks on `hidden` (`[1, s, dim]` f32) at positions `pos..pos+s`.
@@ -324,11 +385,22 @@ impl Stage {
     /// `cache` must come from [`Stage::new_cache`] of this stage. `pos` must be at most the
     /// number of cached positions (`pos < cache.len()` rewinds the session to `pos`).
     /// A prompt is one call with `s = prompt length`, then one call per token.
-    pub fn forward_layers(&self, hidden: &Tensor, pos: usize, cache: &mut KvCache) -> Result<Tensor, StageError> {
-        let (b, s, dim) = hidden.dims3().map_err(|_| self.bad(format!("shape {:?}", hidden.dims())))?;
+    pub fn forward_layers(
+        &self,
+        hidden: &Tensor,
+        pos: usize,
+        cache: &mut KvCache,
+    ) -> Result<Tensor, StageError> {
+        let (b, s, dim) = hidden
+            .dims3()
+            .map_err(|_| self.bad(format!("shape {:?}", hidden.dims())))?;
         if b != 1 || s == 0 || dim != self.config.embedding_length || hidden.dtype() != DType::F32 {
-            return Err(self.bad(format!("expected f32 [1, s>0, {}], got {:?} {:?}",
-                self.config.embedding_length, hidden.dtype(), hidden.dims())));
+            return Err(self.bad(format!(
+                "expected f32 [1, s>0, {}], got {:?} {:?}",
+                self.config.embedding_length,
+                hidden.dtype(),
+                hidden.dims()
+            )));
         }
         if cache.first_layer() != self.layers.start || cache.n_layers() != self.blocks.len() {
             return Err(self.bad("the KV cache belongs to another stage"));
@@ -338,10 +410,17 @@ impl Stage {
         }
         let end = pos + s;
         if end > self.config.context_length || end > self.rope.max_positions() {
-            return Err(StageError::ContextOverflow { end, context: self.config.context_length });
+            return Err(StageError::ContextOverflow {
+                end,
+                context: self.config.context_length,
+            });
         }
         cache.prepare(pos, s)?;
-        let mask = if s > 1 { Some(causal_mask(s, pos, &self.device)?) } else { None };
+        let mask = if s > 1 {
+            Some(causal_mask(s, pos, &self.device)?)
+        } else {
+            None
+        };
         let mut x = hidden.clone();
         for (idx, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x, pos, &self.rope, mask.as_ref(), cache, idx)?;
@@ -352,11 +431,13 @@ impl Stage {
 
     /// Final norm + head on the last position of `hidden` (`[1, s, dim]`): logits `[vocab]`.
     pub fn head(&self, hidden: &Tensor) -> Result<Tensor, StageError> {
-        let head = self
-            .head
-            .as_ref()
-            .ok_or(StageError::MissingPart { layers: self.layers(), part: "output head" })?;
-        let (b, s, dim) = hidden.dims3().map_err(|_| self.bad(format!("shape {:?}", hidden.dims())))?;
+        let head = self.head.as_ref().ok_or(StageError::MissingPart {
+            layers: self.layers(),
+            part: "output head",
+        })?;
+        let (b, s, dim) = hidden
+            .dims3()
+            .map_err(|_| self.bad(format!("shape {:?}", hidden.dims())))?;
         if b != 1 || s == 0 || dim != self.config.embedding_length {
             return Err(self.bad(format!("head input shape {:?}", hidden.dims())));
         }

@@ -15,7 +15,12 @@ pub(crate) struct Rope {
 
 impl Rope {
     /// Tables for positions `0..max_positions` with frequencies `base^(-2i/head_dim)`.
-    pub(crate) fn new(head_dim: usize, base: f32, max_positions: usize, device: &Device) -> Result<Self> {
+    pub(crate) fn new(
+        head_dim: usize,
+        base: f32,
+        max_positions: usize,
+        device: &Device,
+    ) -> Result<Self> {
         let half = head_dim / 2;
         let theta: Vec<f32> = (0..head_dim)
             .step_by(2)
@@ -26,7 +31,11 @@ impl Rope {
             angles.extend(theta.iter().map(|t| p as f32 * t));
         }
         let angles = Tensor::from_vec(angles, (max_positions, half), device)?;
-        Ok(Self { cos: angles.cos()?, sin: angles.sin()?, max_positions })
+        Ok(Self {
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+            max_positions,
+        })
     }
 
     /// Positions the table covers.

@@ -29,7 +29,12 @@ pub struct Tiny {
 
 impl Default for Tiny {
     fn default() -> Self {
-        Self { blocks: 5, tied: true, arch: "llama", seed: 7 }
+        Self {
+            blocks: 5,
+            tied: true,
+            arch: "llama",
+            seed: 7,
+        }
     }
 }
 
@@ -40,7 +45,11 @@ const VOCAB: u64 = 32;
 
 /// Tensor names, types and dims in the order llama.cpp writes them (blocks lexicographic).
 pub fn tensor_specs(t: &Tiny) -> Vec<(String, GgmlType, Vec<u64>)> {
-    let mut v = vec![("token_embd.weight".to_string(), GgmlType::Q8_0, vec![DIM, VOCAB])];
+    let mut v = vec![(
+        "token_embd.weight".to_string(),
+        GgmlType::Q8_0,
+        vec![DIM, VOCAB],
+    )];
     let mut blocks: Vec<String> = (0..t.blocks).map(|b| b.to_string()).collect();
     blocks.sort();
     for b in blocks {
@@ -76,15 +85,36 @@ pub fn metadata(t: &Tiny) -> Vec<(String, Value)> {
         (format!("{a}.attention.head_count"), Value::U32(4)),
         (format!("{a}.attention.head_count_kv"), Value::U32(2)),
         (format!("{a}.rope.freq_base"), Value::F32(10000.0)),
-        (format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+        (
+            format!("{a}.attention.layer_norm_rms_epsilon"),
+            Value::F32(1e-5),
+        ),
         ("tokenizer.ggml.model".into(), Value::string("gpt2")),
-        ("tokenizer.ggml.tokens".into(), Value::Array(Array::String(tokens))),
-        ("tokenizer.ggml.token_type".into(), Value::Array(Array::I32((0..VOCAB as i32).collect()))),
-        ("tokenizer.ggml.merges".into(), Value::Array(Array::String(vec![b"t o".to_vec()]))),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(Array::String(tokens)),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(Array::I32((0..VOCAB as i32).collect())),
+        ),
+        (
+            "tokenizer.ggml.merges".into(),
+            Value::Array(Array::String(vec![b"t o".to_vec()])),
+        ),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
-        ("tokenizer.chat_template".into(), Value::string("{% for m in messages %}{{ m.content }}{% endfor %}")),
-        ("test.nested".into(), Value::Array(Array::Array(vec![Array::U64(vec![1, 2]), Array::F64(vec![0.25])]))),
+        (
+            "tokenizer.chat_template".into(),
+            Value::string("{% for m in messages %}{{ m.content }}{% endfor %}"),
+        ),
+        (
+            "test.nested".into(),
+            Value::Array(Array::Array(vec![
+                Array::U64(vec![1, 2]),
+                Array::F64(vec![0.25]),
+            ])),
+        ),
         ("general.file_type".into(), Value::U32(2)),
     ]
 }
@@ -95,7 +125,12 @@ pub fn build(t: &Tiny) -> Vec<u8> {
     let datas: Vec<Vec<u8>> = specs
         .iter()
         .enumerate()
-        .map(|(i, (_, ty, dims))| random_bytes(t.seed * 1000 + i as u64, ty.tensor_bytes(dims).unwrap() as usize))
+        .map(|(i, (_, ty, dims))| {
+            random_bytes(
+                t.seed * 1000 + i as u64,
+                ty.tensor_bytes(dims).unwrap() as usize,
+            )
+        })
         .collect();
     let mut w = GgufWriter::new();
     for (k, v) in metadata(t) {
