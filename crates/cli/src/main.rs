@@ -2,6 +2,7 @@
 //! progress to stderr; errors exit non-zero with a one-line reason.
 
 mod fetch_model;
+mod generate_cmd;
 mod logging;
 mod peer_cmd;
 mod split_cmd;
@@ -52,6 +53,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Generate text locally in one process (whole model, or the shards chained in-process).
+    Generate(generate_cmd::GenerateArgs),
     /// Write a standard .torrent for a shard file and print its magnet link.
     ExportTorrent {
         /// The file.
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
             fetch_model::fetch_default_model(&opts).map(|path| println!("{}", path.display()))
         }
         Command::Split { model, shards, out } => split_cmd::run(&model, shards, &out),
+        Command::Generate(args) => generate_cmd::run(args),
         Command::ExportTorrent { file, output } => torrent_cmd::export(&file, output.as_deref()),
     };
     match result {

@@ -7,15 +7,38 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use libp2p::Multiaddr;
+use shardswarm_node::transfer::{Rate, TransferConfig};
 use shardswarm_node::{CommonConfig, Handle, NodeConfig, ServerConfig, ShardPolicy};
 use tracing::{info, warn};
 
 /// How long a graceful shutdown may take before the process exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// Flags shared by `server` and `node`.
+#[derive(Debug, Args)]
+pub(crate) struct SharedArgs {
+    /// Cap on shard bytes sent per second, e.g. 20MB/s.
+    #[arg(long, value_name = "RATE")]
+    upload_limit: Option<Rate>,
+    /// Cap on shard bytes received per second, e.g. 20MB/s.
+    #[arg(long, value_name = "RATE")]
+    download_limit: Option<Rate>,
+}
+
+impl SharedArgs {
+    fn apply(&self, common: &mut CommonConfig) {
+        common.transfer = TransferConfig {
+            upload_limit: self.upload_limit,
+            download_limit: self.download_limit,
+        };
+    }
+}
+
 /// Flags of `shardswarm server`.
 #[derive(Debug, Args)]
 pub(crate) struct ServerArgs {
+    #[command(flatten)]
+    shared: SharedArgs,
     /// Directory with `shard-N.gguf` (and `manifest.json` from `split`); may be read-only.
     #[arg(long)]
     shards_dir: PathBuf,
@@ -34,6 +57,8 @@ pub(crate) struct ServerArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("join").required(true).multiple(true).args(["server", "peer"])))]
 pub(crate) struct NodeArgs {
+    #[command(flatten)]
+    shared: SharedArgs,
     /// The rendezvous server's multiaddr, ideally ending in `/p2p/<id>` (repeatable: QUIC, TCP).
     #[arg(long, value_name = "MA")]
     server: Vec<Multiaddr>,
@@ -129,8 +154,10 @@ pub(crate) fn run_server(args: ServerArgs) -> Result<()> {
     } else {
         args.listen
     };
+    let mut common = CommonConfig::new(args.data_dir.clone(), listen);
+    args.shared.apply(&mut common);
     let cfg = ServerConfig {
-        common: CommonConfig::new(args.data_dir.clone(), listen),
+        common,
         shards_dir: args.shards_dir,
         rescan_interval: Duration::from_secs(10),
     };
@@ -152,8 +179,10 @@ pub(crate) fn run_node(args: NodeArgs) -> Result<()> {
     } else {
         args.listen
     };
+    let mut common = CommonConfig::new(args.data_dir.clone(), listen);
+    args.shared.apply(&mut common);
     let cfg = NodeConfig {
-        common: CommonConfig::new(args.data_dir.clone(), listen),
+        common,
         server: args.server,
         peers: args.peer,
         shards: args.shards,

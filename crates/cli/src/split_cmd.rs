@@ -106,10 +106,13 @@ fn warn_stale_shards(out: &Path, shards: u32) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        if let Some(index) = name.to_str().and_then(parse_shard_filename) {
-            if index >= shards {
-                tracing::warn!(target: "shardswarm::split", file = %entry.path().display(), "stale shard from an earlier split; remove it");
-            }
+        let index = name.to_str().and_then(parse_shard_filename);
+        if index.is_some_and(|i| i >= shards) {
+            tracing::warn!(
+                target: "shardswarm::split",
+                file = %entry.path().display(),
+                "stale shard from an earlier split; remove it"
+            );
         }
     }
 }

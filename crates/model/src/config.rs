@@ -189,7 +189,8 @@ impl LlamaConfig {
                 reason: "zero heads or zero blocks".to_string(),
             });
         }
-        if embedding_length % head_count != 0 || head_count % head_count_kv != 0 {
+        if !embedding_length.is_multiple_of(head_count) || !head_count.is_multiple_of(head_count_kv)
+        {
             return Err(ConfigError::Unsupported {
                 reason: format!(
                     "embedding {embedding_length}, heads {head_count}, kv heads {head_count_kv} do not divide"
@@ -202,7 +203,7 @@ impl LlamaConfig {
             Err(ConfigError::MissingKey { .. }) => head_dim,
             Err(e) => return Err(e),
         };
-        if rope_dim != head_dim || head_dim % 2 != 0 {
+        if rope_dim != head_dim || !head_dim.is_multiple_of(2) {
             return Err(ConfigError::Unsupported {
                 reason: format!("rotary dimension {rope_dim} with head dimension {head_dim}"),
             });

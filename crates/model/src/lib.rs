@@ -12,9 +12,12 @@ pub mod synth;
 pub mod template;
 pub mod tokenizer;
 
+pub use candle_core::Device;
 pub use config::{ConfigError, LlamaConfig};
 pub use generate::{GenerateError, GenerateOptions, GenerationStats, Generator, StopReason};
+pub use gguf::{GgufError, GgufFile, GgufWriter};
 pub use llama::{KvCache, Stage, StageError};
 pub use sampler::{Sampler, SamplerConfig};
+pub use split::{SplitError, SplitOutput, SplitProgress, SplitShard};
 pub use template::{ChatMessage, ChatTemplate, TemplateError};
 pub use tokenizer::{GgufTokenizer, TextStream, TokenizerError};

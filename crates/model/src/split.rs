@@ -43,7 +43,7 @@ const ROPE_FREQS: &str = "rope_freqs.weight";
 #[derive(Debug, thiserror::Error)]
 pub enum SplitError {
     /// The source (or a written shard) is not a readable GGUF.
-    #[error("{}: {source}", path.display())]
+    #[error("{} is not a usable GGUF", path.display())]
     Gguf {
         /// The file.
         path: PathBuf,
@@ -52,7 +52,7 @@ pub enum SplitError {
         source: GgufError,
     },
     /// Reading or writing files failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What was being done.
         context: String,
@@ -372,23 +372,23 @@ pub fn partition(costs: &[u64], parts: u32) -> Vec<[u32; 2]> {
         prefix[i + 1] = prefix[i].saturating_add(*c);
     }
     let sum = |i: usize, j: usize| prefix[j] - prefix[i];
-    // Phase 1: the smallest possible largest part.
-    let mut best = vec![u64::MAX; n + 1];
-    for (j, b) in best.iter_mut().enumerate().skip(1) {
-        *b = sum(0, j);
-    }
+    // Phase 1: the smallest possible largest part. `best[j]`: layers `0..j` in `k` parts.
+    let mut best: Vec<u64> = (0..=n)
+        .map(|j| if j == 0 { u64::MAX } else { sum(0, j) })
+        .collect();
     for k in 2..=p {
-        let mut next = vec![u64::MAX; n + 1];
-        for j in k..=n {
-            next[j] = (k - 1..j)
-                .map(|i| best[i].max(sum(i, j)))
-                .min()
-                .unwrap_or(u64::MAX);
-        }
-        best = next;
+        best = (0..=n)
+            .map(|j| {
+                (k - 1..j.max(k - 1))
+                    .map(|i| best[i].max(sum(i, j)))
+                    .min()
+                    .unwrap_or(u64::MAX)
+            })
+            .collect();
     }
     let cap = best[n];
-    // Phase 2: under that cap, the smallest sum of squares; `cut[k][j]` remembers the choice.
+    // Phase 2: under that cap, the smallest sum of squares; `cuts[k - 2][j]` is where the
+    // last of `k` parts covering `0..j` starts.
     let sq = |i: usize, j: usize| {
         let s = sum(i, j);
         (s <= cap).then(|| u128::from(s) * u128::from(s))
@@ -396,25 +396,29 @@ pub fn partition(costs: &[u64], parts: u32) -> Vec<[u32; 2]> {
     let mut cost: Vec<Option<u128>> = (0..=n)
         .map(|j| if j == 0 { None } else { sq(0, j) })
         .collect();
-    let mut cut = vec![vec![0usize; n + 1]; p + 1];
+    let mut cuts: Vec<Vec<usize>> = Vec::with_capacity(p.saturating_sub(1));
     for k in 2..=p {
-        let mut next = vec![None; n + 1];
-        for j in k..=n {
-            for i in k - 1..j {
-                if let (Some(a), Some(b)) = (cost[i], sq(i, j)) {
-                    if next[j].is_none_or(|cur| a + b < cur) {
-                        next[j] = Some(a + b);
-                        cut[k][j] = i;
+        let mut cut = vec![0usize; n + 1];
+        let next: Vec<Option<u128>> = (0..=n)
+            .map(|j| {
+                let mut best_here: Option<u128> = None;
+                for (i, prev) in cost.iter().enumerate().take(j).skip(k - 1) {
+                    let total = prev.zip(sq(i, j)).map(|(a, b)| a + b);
+                    if let Some(t) = total.filter(|t| best_here.is_none_or(|cur| *t < cur)) {
+                        best_here = Some(t);
+                        cut[j] = i;
                     }
                 }
-            }
-        }
+                best_here
+            })
+            .collect();
         cost = next;
+        cuts.push(cut);
     }
     let mut ends = vec![n];
-    for k in (2..=p).rev() {
+    for cut in cuts.iter().rev() {
         let j = *ends.last().unwrap_or(&n);
-        ends.push(cut[k][j]);
+        ends.push(cut[j]);
     }
     ends.push(0);
     ends.reverse();

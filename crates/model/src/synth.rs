@@ -107,18 +107,18 @@ impl SynthSpec {
         }
         if self.heads == 0
             || self.kv_heads == 0
-            || self.dim % self.heads != 0
-            || self.heads % self.kv_heads != 0
+            || !self.dim.is_multiple_of(self.heads)
+            || !self.heads.is_multiple_of(self.kv_heads)
         {
             return bad(format!(
                 "dim {} heads {} kv_heads {}",
                 self.dim, self.heads, self.kv_heads
             ));
         }
-        if (self.dim / self.heads) % 2 != 0 || self.layers == 0 {
+        if !(self.dim / self.heads).is_multiple_of(2) || self.layers == 0 {
             return bad("odd head dimension or zero layers".into());
         }
-        if self.dim % bs != 0 || self.ffn % bs != 0 {
+        if !self.dim.is_multiple_of(bs) || !self.ffn.is_multiple_of(bs) {
             return bad(format!(
                 "dim {} and ffn {} must be multiples of {bs} for {:?}",
                 self.dim, self.ffn, self.quant

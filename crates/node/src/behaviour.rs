@@ -53,6 +53,8 @@ pub(crate) struct Behaviour {
     pub(crate) rendezvous_client: Toggle<rendezvous::client::Behaviour>,
     /// The JSON command protocol.
     pub(crate) cmd: request_response::Behaviour<CmdCodec>,
+    /// Raw streams: the piece protocol.
+    pub(crate) stream: libp2p_stream::Behaviour,
 }
 
 impl Behaviour {
@@ -88,6 +90,7 @@ impl Behaviour {
                 [(CMD_PROTOCOL, ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(request_timeout),
             ),
+            stream: libp2p_stream::Behaviour::new(),
         }
     }
 }

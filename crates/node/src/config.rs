@@ -87,6 +87,8 @@ pub struct CommonConfig {
     pub transports: Transports,
     /// How long a command request may take.
     pub request_timeout: Duration,
+    /// Bandwidth limits of piece transfers.
+    pub transfer: crate::transfer::TransferConfig,
 }
 
 impl CommonConfig {
@@ -97,6 +99,7 @@ impl CommonConfig {
             listen,
             transports: Transports::default(),
             request_timeout: Duration::from_secs(10),
+            transfer: Default::default(),
         }
     }
 }

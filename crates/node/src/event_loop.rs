@@ -27,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::msglog;
 use crate::node_role::NodeState;
 use crate::server_role::ServerState;
+use crate::transfer::{TransferCmd, TransferEvents, TransferHandle};
 
 /// What an outbound request was for.
 pub(crate) enum Pending {
@@ -36,6 +37,8 @@ pub(crate) enum Pending {
     Sync,
     /// GET_NODE_STATUS (the server polling a node).
     NodeStatus,
+    /// REQUEST_SHARDS (an auto node asking the server).
+    Assignment,
     /// A notification whose answer is only logged.
     Notify,
 }
@@ -56,6 +59,8 @@ pub(crate) enum RoleState {
 
 pub(crate) struct EventLoop {
     pub(crate) swarm: Swarm<Behaviour>,
+    pub(crate) transfer: TransferHandle,
+    pub(crate) transfer_events: TransferEvents,
     pub(crate) rx: mpsc::Receiver<Request>,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) listen_tx: watch::Sender<Option<Vec<Multiaddr>>>,
@@ -96,8 +101,12 @@ impl EventLoop {
     pub(crate) async fn run(mut self) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if let RoleState::Server(_) = self.role {
+            self.seed_catalog();
+        }
         let ack = loop {
             tokio::select! {
+                Some(ev) = self.transfer_events.recv() => self.on_transfer_event(ev),
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
                 req = self.rx.recv() => match req {
                     None => break None,
@@ -259,6 +268,12 @@ impl EventLoop {
                 if num_established == 0 {
                     debug!(target: "shardswarm::peer", peer = %peer_id, "disconnected");
                     self.peers.remove(&peer_id);
+                    self.transfer.send(TransferCmd::PeerDown { peer: peer_id });
+                    if let RoleState::Server(s) = &mut self.role {
+                        s.assignments.remove(&peer_id);
+                        self.reassign_orphans();
+                        self.check_ready();
+                    }
                     if let RoleState::Node(_) = self.role {
                         self.node_disconnected(peer_id);
                     }
@@ -312,11 +327,31 @@ impl EventLoop {
             }
             BehaviourEvent::Kad(ev) => {
                 self.metrics.libp2p.record(&ev);
-                if let kad::Event::RoutingUpdated { peer, .. } = ev {
-                    debug!(target: "shardswarm::dht", %peer, "routing updated");
+                match ev {
+                    kad::Event::RoutingUpdated { peer, .. } => {
+                        debug!(target: "shardswarm::dht", %peer, "routing updated");
+                    }
+                    kad::Event::OutboundQueryProgressed {
+                        result:
+                            kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                                providers,
+                                ..
+                            })),
+                        ..
+                    } => {
+                        let local = self.local();
+                        for p in providers {
+                            if p != local && !self.swarm.is_connected(&p) {
+                                debug!(target: "shardswarm::dht", peer = %p, "dialing a provider");
+                                let _ = self.swarm.dial(p);
+                            }
+                        }
+                    }
+                    _ => {}
                 }
             }
             BehaviourEvent::Ping(ev) => self.metrics.libp2p.record(&ev),
+            BehaviourEvent::Stream(()) => {}
             BehaviourEvent::RendezvousClient(ev) => self.on_rendezvous_client(ev),
             BehaviourEvent::RendezvousServer(ev) => {
                 debug!(target: "shardswarm::rendezvous", ?ev, "rendezvous server event");
@@ -340,6 +375,12 @@ impl EventLoop {
         }
         let entry = self.peers.entry(peer).or_default();
         let first = entry.role.is_none();
+        if first {
+            self.transfer.send(TransferCmd::PeerUp {
+                peer,
+                is_server: role == Some(Role::Server),
+            });
+        }
         entry.role = role;
         entry.addrs = info.listen_addrs;
         if first && role == Some(Role::Node) {
@@ -406,6 +447,7 @@ impl EventLoop {
                 }
                 Some(Pending::Sync) => self.on_sync_response(peer, &response),
                 Some(Pending::NodeStatus) => self.on_node_status_response(peer, &response),
+                Some(Pending::Assignment) => self.on_assignment_response(peer, &response),
                 Some(Pending::Notify) | None => {}
             },
             RrEvent::OutboundFailure {

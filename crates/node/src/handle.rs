@@ -51,6 +51,26 @@ pub enum Event {
         /// `None` on success, else the error code sent back.
         error: Option<ErrorCode>,
     },
+    /// A shard is complete and verified on disk.
+    ShardVerified {
+        /// Its index.
+        index: u32,
+    },
+    /// A shard is loaded (opened as GGUF) and served.
+    ShardLoaded {
+        /// Its index.
+        index: u32,
+    },
+    /// The server's view of readiness flipped.
+    SwarmReady {
+        /// Ready or not.
+        ready: bool,
+    },
+    /// A peer was banned by the piece engine.
+    PeerBanned {
+        /// The peer.
+        peer: PeerId,
+    },
     /// Another shardswarm node became known (rendezvous, identify or DHT).
     PeerDiscovered {
         /// Its peer ID.

@@ -5,6 +5,7 @@
 //! [`Handle`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod assign;
 mod behaviour;
 pub mod catalog;
 mod codec;
@@ -18,9 +19,11 @@ pub mod metrics;
 mod msglog;
 mod node_role;
 mod respond;
+mod server_assign;
 mod server_role;
 pub mod status;
 pub mod store;
+pub mod transfer;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -145,7 +148,13 @@ fn spawn(
     let (events, first_rx) = broadcast::channel(1024);
     let (listen_tx, listen_rx) = watch::channel(None);
     let metrics = Arc::new(metrics::Metrics::new(registry));
+    let control = swarm.behaviour().stream.new_control();
+    let (transfer, transfer_events) =
+        transfer::spawn(control, common.transfer.clone(), metrics.clone())
+            .map_err(StartError::Transport)?;
     let event_loop = EventLoop {
+        transfer,
+        transfer_events,
         swarm,
         rx,
         events: events.clone(),
@@ -202,6 +211,8 @@ pub async fn start_server(cfg: ServerConfig) -> Result<Started, StartError> {
         rescan_interval: cfg.rescan_interval,
         next_rescan: Instant::now() + cfg.rescan_interval,
         next_poll: Instant::now(),
+        ready: false,
+        assignments: HashMap::new(),
         catalog,
     };
     let shards = state.catalog.total_shards();

@@ -28,6 +28,17 @@ pub struct Metrics {
     pub(crate) connected_peers: Gauge,
     pub(crate) catalog_shards: Gauge,
     pub(crate) swarm_ready: Gauge,
+    downloaded: Family<SourceLabels, Counter>,
+    uploaded: Counter,
+    pieces_verified: Counter,
+    pieces_rejected: Counter,
+}
+
+/// Labels of the byte counters: whether the other side is the server or a peer.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// `server` or `peer`.
+    pub source: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -64,7 +75,35 @@ impl Metrics {
             "1 when every shard is loaded by a live node",
             swarm_ready.clone(),
         );
+        let downloaded = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "shardswarm_torrent_downloaded_bytes",
+            "Shard payload bytes received, by who sent them",
+            downloaded.clone(),
+        );
+        let uploaded = Counter::default();
+        registry.register(
+            "shardswarm_torrent_uploaded_bytes",
+            "Shard payload bytes sent (counted as written to the stream)",
+            uploaded.clone(),
+        );
+        let pieces_verified = Counter::default();
+        registry.register(
+            "shardswarm_pieces_verified",
+            "Pieces that passed their hash check",
+            pieces_verified.clone(),
+        );
+        let pieces_rejected = Counter::default();
+        registry.register(
+            "shardswarm_pieces_rejected",
+            "Pieces that failed their hash check",
+            pieces_rejected.clone(),
+        );
         Metrics {
+            downloaded,
+            uploaded,
+            pieces_verified,
+            pieces_rejected,
             registry: Mutex::new(registry),
             libp2p,
             commands,
@@ -85,6 +124,36 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    pub(crate) fn downloaded(&self, source: &'static str, bytes: u64) {
+        self.downloaded
+            .get_or_create(&SourceLabels { source })
+            .inc_by(bytes);
+    }
+
+    pub(crate) fn uploaded(&self, bytes: u64) {
+        self.uploaded.inc_by(bytes);
+    }
+
+    /// Total payload bytes sent so far.
+    pub fn uploaded_total(&self) -> u64 {
+        self.uploaded.get()
+    }
+
+    /// Payload bytes received so far from `source` (`server` or `peer`).
+    pub fn downloaded_from(&self, source: &'static str) -> u64 {
+        self.downloaded
+            .get_or_create(&SourceLabels { source })
+            .get()
+    }
+
+    pub(crate) fn piece(&self, ok: bool) {
+        if ok {
+            self.pieces_verified.inc();
+        } else {
+            self.pieces_rejected.inc();
+        }
     }
 
     pub(crate) fn count_command(&self, command: &str, direction: &'static str, status: String) {

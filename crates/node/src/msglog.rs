@@ -11,6 +11,8 @@ use tracing::info;
 pub(crate) const SYNC: &str = "shardswarm::torrent_sync";
 /// Tracing target of the `[MSG]` blocks.
 pub(crate) const MSG: &str = "shardswarm::msg";
+/// Tracing target of the `[SWARM]` lines.
+pub(crate) const SWARM: &str = "shardswarm::swarm";
 
 /// The envelope as the seed prints it: one `"key":value` per line, in envelope order.
 pub fn seed_json(raw: &RawRequest) -> String {

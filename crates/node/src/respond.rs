@@ -22,6 +22,9 @@ impl Handler for EventLoop {
             Command::ListFiles => self.answer_list_files(),
             Command::SwarmStatus => to_value(self.swarm_status()),
             Command::GetNodeStatus => to_value(self.node_status()),
+            Command::ShardLoaded(p) => self.answer_shard_loaded(peer, p),
+            Command::RequestShards(p) => self.answer_request_shards(peer, p),
+            Command::AssignShards(a) => self.accept_assignment(peer, a),
             Command::CatalogChanged(p) => match &mut self.role {
                 RoleState::Server(_) => Err(ErrorBody::new(
                     ErrorCode::Forbidden,

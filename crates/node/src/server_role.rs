@@ -5,14 +5,18 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
-use shardswarm_proto::command::CatalogChangedParams;
+use shardswarm_proto::command::{CatalogChangedParams, ShardLoadedParams};
 use shardswarm_proto::status::Role;
 use shardswarm_proto::{Command, NodeStatus};
+use shardswarm_proto::{ErrorBody, ErrorCode};
 use tracing::{debug, info, warn};
 
 use crate::catalog::{self, Catalog};
 use crate::event_loop::{EventLoop, Pending, RoleState};
+use crate::handle::Event;
 use crate::hash_cache::{HashCache, write_atomic};
+use crate::msglog;
+use crate::transfer::TransferCmd;
 
 /// How often connected nodes are asked for their status.
 const NODE_POLL: Duration = Duration::from_secs(5);
@@ -24,9 +28,93 @@ pub(crate) struct ServerState {
     pub(crate) rescan_interval: Duration,
     pub(crate) next_rescan: Instant,
     pub(crate) next_poll: Instant,
+    /// Whether the swarm was ready at the last check (to log flips once).
+    pub(crate) ready: bool,
+    /// What each `--shards auto` node was assigned.
+    pub(crate) assignments: std::collections::HashMap<PeerId, crate::server_assign::Assigned>,
 }
 
 impl EventLoop {
+    /// Offers every catalog file to the swarm.
+    pub(crate) fn seed_catalog(&mut self) {
+        let Some(s) = self.server() else { return };
+        let cmds: Vec<TransferCmd> = s
+            .catalog
+            .files
+            .iter()
+            .zip(&s.catalog.metainfo)
+            .map(|(entry, meta)| TransferCmd::Seed {
+                entry: entry.clone(),
+                path: s.shards_dir.join(&entry.filename),
+                meta: meta.clone(),
+            })
+            .collect();
+        for cmd in cmds {
+            self.transfer.send(cmd);
+        }
+    }
+
+    /// Recomputes readiness and logs when it flips.
+    pub(crate) fn check_ready(&mut self) {
+        let status = self.swarm_status();
+        let Some(s) = self.server() else { return };
+        if status.swarm_ready == s.ready {
+            return;
+        }
+        s.ready = status.swarm_ready;
+        if status.swarm_ready {
+            info!(target: msglog::SWARM, "[SWARM] ✅ Swarm ready: all {} shards loaded", status.total_shards);
+        } else {
+            warn!(target: msglog::SWARM, "[SWARM] ⚠ Swarm not ready: no live node has shard(s) {:?} loaded", status.missing);
+        }
+        self.emit(Event::SwarmReady {
+            ready: status.swarm_ready,
+        });
+    }
+
+    /// SHARD_LOADED from `peer`: its loaded/verified sets replace what the server knew.
+    pub(crate) fn answer_shard_loaded(
+        &mut self,
+        peer: PeerId,
+        p: &ShardLoadedParams,
+    ) -> Result<serde_json::Value, ErrorBody> {
+        let Some(s) = self.server() else {
+            return Err(ErrorBody::new(
+                ErrorCode::Forbidden,
+                "SHARD_LOADED goes to the server",
+            ));
+        };
+        if p.model_id != s.catalog.model_id {
+            return Err(ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "model {:?} is not the catalog's {:?}",
+                    p.model_id, s.catalog.model_id
+                ),
+            ));
+        }
+        let total = s.catalog.total_shards();
+        if let Some(bad) = p.loaded.iter().chain(&p.verified).find(|&&i| i >= total) {
+            return Err(ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!("no shard {bad} in a catalog of {total}"),
+            ));
+        }
+        let Some(info) = self.peers.get_mut(&peer) else {
+            return Err(ErrorBody::new(ErrorCode::NotReady, "unknown peer"));
+        };
+        let status = info.status.get_or_insert_with(|| NodeStatus {
+            peer_id: peer.to_string(),
+            role: Role::Node,
+            ..Default::default()
+        });
+        status.loaded = p.loaded.clone();
+        status.verified = p.verified.clone();
+        info!(target: msglog::SWARM, %peer, loaded = ?p.loaded, "[SWARM] node reports loaded shards");
+        self.check_ready();
+        Ok(serde_json::json!({}))
+    }
+
     fn server(&mut self) -> Option<&mut ServerState> {
         match &mut self.role {
             RoleState::Server(s) => Some(s),
@@ -83,6 +171,8 @@ impl EventLoop {
         if !changed {
             return;
         }
+        self.seed_catalog();
+        let Some(s) = self.server() else { return };
         let params = CatalogChangedParams {
             model_id: s.catalog.model_id.clone(),
             total_shards: s.catalog.total_shards(),
@@ -129,6 +219,7 @@ impl EventLoop {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.status = Some(status);
                 }
+                self.check_ready();
             }
             Ok(status) => {
                 warn!(target: "shardswarm::cmd", %peer, claimed = status.peer_id, "node status claims another peer id; ignored");

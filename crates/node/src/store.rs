@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use shardswarm_proto::{FileEntry, parse_shard_filename};
+use shardswarm_torrent::metainfo::Metainfo;
 use tracing::debug;
 
 use crate::hash_cache::HashCache;
@@ -61,20 +62,26 @@ impl LocalStore {
         Ok(self.models_dir.join(model_id).join(filename))
     }
 
-    /// True when the complete file is on disk with the catalog's size and info-hash.
-    pub fn is_verified(&mut self, model_id: &str, entry: &FileEntry) -> bool {
-        let Ok(path) = self.shard_path(model_id, &entry.filename) else {
-            return false;
-        };
+    /// The directory of `model_id`'s shards (validated).
+    pub fn model_dir(&self, model_id: &str) -> Result<PathBuf, PathError> {
+        validate_model_id(model_id)?;
+        Ok(self.models_dir.join(model_id))
+    }
+
+    /// The metainfo of the complete file when it is on disk with the catalog's size and
+    /// info-hash; `None` when it is missing or differs.
+    pub fn verified(&mut self, model_id: &str, entry: &FileEntry) -> Option<(PathBuf, Metainfo)> {
+        let path = self.shard_path(model_id, &entry.filename).ok()?;
         match std::fs::metadata(&path) {
             Ok(m) if m.is_file() && m.len() == entry.size => {}
-            _ => return false,
+            _ => return None,
         }
         match self.cache.metainfo(&path, &entry.filename) {
-            Ok((m, _)) => m.info_hash() == entry.info_hash,
+            Ok((m, _)) if m.info_hash() == entry.info_hash => Some((path, m)),
+            Ok(_) => None,
             Err(e) => {
                 debug!(target: "shardswarm::store", file = %path.display(), error = %e, "cannot hash");
-                false
+                None
             }
         }
     }

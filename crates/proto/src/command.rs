@@ -24,6 +24,30 @@ pub enum Command {
     GetNodeStatus,
     /// Server → node: the catalog changed, sync again. Answer: empty success.
     CatalogChanged(CatalogChangedParams),
+    /// Node → server: "these shards are now loaded (and these verified)". Answer: empty success.
+    ShardLoaded(ShardLoadedParams),
+    /// Node (`--shards auto`) → server: "which shards should I hold?" Answer: [`Assignment`].
+    RequestShards(RequestShardsParams),
+    /// Server → node (`--shards auto`): "hold these shards" (the whole set). Answer: empty.
+    AssignShards(Assignment),
+}
+
+/// Params of `REQUEST_SHARDS`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestShardsParams {
+    /// The catalog the node synced.
+    pub model_id: String,
+    /// Most shards the node will hold (`--max-shards`, else what fits in half its free memory).
+    pub max_shards: u32,
+}
+
+/// Payload of a `REQUEST_SHARDS` success, and params of `ASSIGN_SHARDS`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The catalog the indices refer to.
+    pub model_id: String,
+    /// The shards to hold, ascending.
+    pub shards: Vec<u32>,
 }
 
 /// Why a raw command could not be typed.
@@ -54,6 +78,17 @@ pub struct CatalogChangedParams {
     pub model_id: String,
     /// The new catalog's shard count.
     pub total_shards: u32,
+}
+
+/// Params of `SHARD_LOADED`: the node's complete picture, not a delta.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardLoadedParams {
+    /// The catalog the indices refer to.
+    pub model_id: String,
+    /// Shards the node has loaded.
+    pub loaded: Vec<u32>,
+    /// Shards the node holds complete and verified.
+    pub verified: Vec<u32>,
 }
 
 /// One shard file in a catalog.
@@ -107,6 +142,9 @@ impl Command {
             Command::SwarmStatus => "SWARM_STATUS",
             Command::GetNodeStatus => "GET_NODE_STATUS",
             Command::CatalogChanged(_) => "CATALOG_CHANGED",
+            Command::ShardLoaded(_) => "SHARD_LOADED",
+            Command::RequestShards(_) => "REQUEST_SHARDS",
+            Command::AssignShards(_) => "ASSIGN_SHARDS",
         }
     }
 
@@ -146,6 +184,9 @@ impl Command {
                 Command::GetNodeStatus
             }
             "CATALOG_CHANGED" => Command::CatalogChanged(parse("CATALOG_CHANGED", params)?),
+            "SHARD_LOADED" => Command::ShardLoaded(parse("SHARD_LOADED", params)?),
+            "REQUEST_SHARDS" => Command::RequestShards(parse("REQUEST_SHARDS", params)?),
+            "ASSIGN_SHARDS" => Command::AssignShards(parse("ASSIGN_SHARDS", params)?),
             other => return Err(CommandParseError::Unknown(other.chars().take(64).collect())),
         })
     }
@@ -155,6 +196,9 @@ impl Command {
         let params = match self {
             Command::SyncTorrents(p) => serde_json::to_value(p),
             Command::CatalogChanged(p) => serde_json::to_value(p),
+            Command::ShardLoaded(p) => serde_json::to_value(p),
+            Command::RequestShards(p) => serde_json::to_value(p),
+            Command::AssignShards(p) => serde_json::to_value(p),
             Command::ListFiles | Command::SwarmStatus | Command::GetNodeStatus => {
                 Ok(Value::Object(Default::default()))
             }

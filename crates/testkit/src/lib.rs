@@ -12,24 +12,43 @@ use shardswarm_proto::{Manifest, ManifestShard, shard_filename};
 use shardswarm_torrent::metainfo::Metainfo;
 use tokio::sync::broadcast;
 
-/// Writes `n` shard files of random bytes (seeded) plus a `manifest.json` whose info-hashes are
-/// computed by the torrent crate. Layers: one per shard. Returns the manifest.
+/// Writes `n` shard files plus a `manifest.json` whose info-hashes are computed by the torrent
+/// crate. Each shard is a small valid GGUF (so nodes can "load" it: header and tensor table)
+/// holding one layer: a `blk.{i}.payload` F32 tensor of seeded random bytes, about `size` bytes.
 pub fn write_random_shards(dir: &Path, n: u32, size: usize, seed: u64) -> Result<Manifest> {
+    use shardswarm_model::gguf::{GgmlType, GgufWriter, TensorData, Value};
     std::fs::create_dir_all(dir)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut shards = Vec::new();
     for index in 0..n {
         let filename = shard_filename(index);
         let path = dir.join(&filename);
-        let mut bytes = vec![0u8; size + index as usize * 977];
-        rng.fill_bytes(&mut bytes);
-        std::fs::write(&path, &bytes)?;
+        let floats = (size + index as usize * 977) / 4;
+        let mut payload = vec![0u8; floats * 4];
+        rng.fill_bytes(&mut payload);
+        let mut w = GgufWriter::new();
+        w.push_metadata("general.architecture", Value::string("llama"))
+            .push_metadata("general.name", Value::string("random-test-model"))
+            .push_metadata("shardswarm.shard_index", Value::U32(index))
+            .push_metadata("shardswarm.shard_count", Value::U32(n))
+            .push_metadata("shardswarm.layer_start", Value::U32(index))
+            .push_metadata("shardswarm.layer_end", Value::U32(index + 1))
+            .add_tensor(
+                format!("blk.{index}.payload"),
+                GgmlType::F32,
+                &[floats as u64],
+                TensorData::Bytes(&payload),
+            );
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        w.write(&mut file)?;
+        std::io::Write::flush(&mut file)?;
+        drop(file);
         let meta = Metainfo::from_file(&path, &filename, None)?;
         shards.push(ManifestShard {
             index,
             filename,
             layers: [index, index + 1],
-            size: bytes.len() as u64,
+            size: meta.info.length,
             sha256: String::new(),
             info_hash: meta.info_hash(),
             piece_length: meta.info.piece_length,
@@ -49,6 +68,16 @@ pub fn write_random_shards(dir: &Path, n: u32, size: usize, seed: u64) -> Result
     };
     std::fs::write(dir.join("manifest.json"), manifest.to_json())?;
     Ok(manifest)
+}
+
+/// Logs to the test output, filtered by `RUST_LOG` (default: warnings). Safe to call twice.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 /// Loopback listen addresses on port 0: QUIC and TCP.
@@ -120,4 +149,42 @@ pub async fn wait_for<T>(
         }
     };
     within(limit, fut).await?
+}
+
+/// Waits until `count` distinct shards were reported loaded on `events`.
+pub async fn wait_loaded(
+    rx: &mut broadcast::Receiver<Event>,
+    count: usize,
+    limit: Duration,
+) -> Result<()> {
+    let mut done = std::collections::BTreeSet::new();
+    wait_for(rx, limit, |e| {
+        if let Event::ShardLoaded { index } = e {
+            done.insert(*index);
+        }
+        (done.len() >= count).then_some(())
+    })
+    .await
+}
+
+/// Asserts that every shard of `manifest` under `node_dir` equals the one in `shards_dir`.
+pub fn assert_same_files(manifest: &Manifest, shards_dir: &Path, node_dir: &Path) -> Result<()> {
+    for s in &manifest.shards {
+        let got = std::fs::read(
+            node_dir
+                .join("models")
+                .join(&manifest.model_id)
+                .join(&s.filename),
+        )
+        .with_context(|| format!("{} of {}", s.filename, node_dir.display()))?;
+        let want = std::fs::read(shards_dir.join(&s.filename))?;
+        if got != want {
+            bail!(
+                "{} under {} differs from the server's",
+                s.filename,
+                node_dir.display()
+            );
+        }
+    }
+    Ok(())
 }

@@ -51,7 +51,7 @@ pub mod limits {
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
     /// An I/O error other than running out of bytes.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What was being done (includes the path when known).
         context: String,
@@ -136,7 +136,9 @@ pub enum GgufError {
         name: String,
     },
     /// A tensor's bytes extend past the end of the file.
-    #[error("tensor {name:?} spans bytes {start}..{end} but the file has {file_len} bytes")]
+    #[error(
+        "tensor {name:?} spans bytes {start}..{end} but the file has {file_len} bytes (truncated or corrupt)"
+    )]
     TensorOutOfBounds {
         /// Tensor name.
         name: String,

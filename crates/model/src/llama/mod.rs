@@ -455,3 +455,26 @@ fn causal_mask(s: usize, pos: usize, device: &Device) -> candle_core::Result<Ten
         .collect();
     Tensor::from_vec(mask, (s, kv), device)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn stage_and_cache_can_move_between_threads() {
+        // A node shares one stage across sessions and tasks, and keeps caches per session.
+        assert_send_sync::<Stage>();
+        assert_send_sync::<KvCache>();
+    }
+
+    #[test]
+    fn causal_mask_respects_the_offset() -> candle_core::Result<()> {
+        let m = causal_mask(2, 3, &Device::Cpu)?.to_vec2::<f32>()?;
+        assert_eq!(m[0][..4], [0.0; 4]);
+        assert_eq!(m[0][4], f32::NEG_INFINITY);
+        assert_eq!(m[1], [0.0; 5]);
+        Ok(())
+    }
+}

@@ -1,0 +1,390 @@
+//! The actor's reactions to frames, and turning engine actions into frames.
+
+use std::time::Instant;
+
+use libp2p::PeerId;
+use shardswarm_proto::InfoHash;
+use shardswarm_torrent::bitfield::Bitfield;
+use shardswarm_torrent::download::Action;
+use shardswarm_torrent::metainfo::Metainfo;
+use shardswarm_torrent::wire::Frame;
+use tracing::{debug, info, warn};
+
+use super::{Actor, Inbound, MAX_BLOCK, REJECT_BUSY, REJECT_DONT_HAVE};
+use crate::transfer::TransferEvent;
+use crate::transfer::conn::{ConnMsg, Link};
+
+impl Actor {
+    pub(super) fn on_conn(&mut self, msg: ConnMsg) {
+        match msg {
+            ConnMsg::OutReady { peer } => {
+                self.out_ready.insert(peer);
+                self.ask(peer);
+            }
+            ConnMsg::InReady {
+                peer,
+                id,
+                tx,
+                blocks,
+            } => {
+                if self.banned.contains(&peer) {
+                    return;
+                }
+                self.inbound.insert(id, Inbound { tx, blocks });
+            }
+            ConnMsg::Closed { peer, link, reason } => {
+                debug!(target: "shardswarm::pieces", %peer, ?link, reason, "piece stream closed");
+                match link {
+                    Link::Out => {
+                        self.out.remove(&peer);
+                        self.out_ready.remove(&peer);
+                        for t in self.torrents.values_mut() {
+                            t.asked.remove(&peer);
+                            if let Some(d) = &mut t.download {
+                                d.remove_peer(peer);
+                            }
+                        }
+                        self.wire.retain(|_, (_, _, p)| *p != peer);
+                    }
+                    Link::In(id) => {
+                        self.inbound.remove(&id);
+                        for t in self.torrents.values_mut() {
+                            t.interested.remove(&id);
+                        }
+                    }
+                }
+            }
+            ConnMsg::Frame { peer, link, frame } => {
+                if self.banned.contains(&peer) {
+                    return;
+                }
+                match link {
+                    Link::Out => self.on_download_frame(peer, frame),
+                    Link::In(id) => self.on_upload_frame(peer, id, frame),
+                }
+            }
+        }
+    }
+
+    /// A frame on our download stream to `peer`.
+    fn on_download_frame(&mut self, peer: PeerId, frame: Frame) {
+        let now = Instant::now();
+        match frame {
+            Frame::Bitfield { info_hash, bits } => {
+                let Some(d) = self.torrents.get_mut(&info_hash).and_then(|t| {
+                    let n = t.meta.as_ref()?.piece_count();
+                    Some((t.download.as_mut()?, n))
+                }) else {
+                    return;
+                };
+                let (download, n) = d;
+                match Bitfield::from_bytes(&bits, n) {
+                    Ok(bits) => {
+                        download.add_peer(peer, now);
+                        download.peer_bitfield(peer, bits);
+                    }
+                    Err(e) => self.ban(peer, format!("bad bitfield: {e}")),
+                }
+            }
+            Frame::Have { info_hash, piece } => {
+                if let Some(d) = self
+                    .torrents
+                    .get_mut(&info_hash)
+                    .and_then(|t| t.download.as_mut())
+                {
+                    d.peer_have(peer, piece);
+                }
+            }
+            Frame::NotHere { info_hash } => {
+                if let Some(d) = self
+                    .torrents
+                    .get_mut(&info_hash)
+                    .and_then(|t| t.download.as_mut())
+                {
+                    d.remove_peer(peer);
+                }
+            }
+            Frame::Piece { id, data } => self.on_piece(peer, id, &data, now),
+            Frame::Reject { id, .. } => {
+                if let Some((ih, eid, p)) = self.wire.remove(&id) {
+                    self.by_engine.remove(&(ih, eid));
+                    if p == peer {
+                        if let Some(d) =
+                            self.torrents.get_mut(&ih).and_then(|t| t.download.as_mut())
+                        {
+                            d.request_rejected(peer, eid);
+                        }
+                    }
+                }
+            }
+            Frame::Metadata { info_hash, info } => {
+                let wanted = self
+                    .torrents
+                    .get(&info_hash)
+                    .is_some_and(|t| t.meta.is_none());
+                if !wanted {
+                    return;
+                }
+                match Metainfo::from_info_bytes(&info, Some(info_hash)) {
+                    Ok(meta) => {
+                        debug!(target: "shardswarm::pieces", %peer, %info_hash, "metadata verified");
+                        self.start_download(info_hash, meta);
+                        let peers: Vec<PeerId> = self.out_ready.iter().copied().collect();
+                        for p in peers {
+                            self.ask(p);
+                        }
+                    }
+                    Err(e) => self.ban(peer, format!("bad metadata for {info_hash}: {e}")),
+                }
+            }
+            Frame::Hello { .. } => {}
+            other => {
+                debug!(target: "shardswarm::pieces", %peer, ?other, "unexpected frame on download stream")
+            }
+        }
+    }
+
+    fn on_piece(&mut self, peer: PeerId, id: u64, data: &[u8], now: Instant) {
+        let Some((ih, eid, p)) = self.wire.remove(&id) else {
+            return;
+        };
+        self.by_engine.remove(&(ih, eid));
+        if p != peer {
+            return;
+        }
+        let is_server = self.peers.get(&peer).copied().unwrap_or(false);
+        let Some(t) = self.torrents.get_mut(&ih) else {
+            return;
+        };
+        let (Some(download), Some(store)) = (t.download.as_mut(), t.store.as_mut()) else {
+            return;
+        };
+        let block = match download.block_received(peer, eid, now) {
+            Ok(b) => b,
+            Err(e) => {
+                debug!(target: "shardswarm::pieces", %peer, error = %e, "late or unknown block");
+                return;
+            }
+        };
+        if data.len() != block.length as usize {
+            let reason = format!(
+                "block of {} bytes for a request of {}",
+                data.len(),
+                block.length
+            );
+            self.ban(peer, reason);
+            return;
+        }
+        let source = if is_server { "server" } else { "peer" };
+        self.metrics.downloaded(source, data.len() as u64);
+        if let Err(e) = store.write_block(block.piece, block.offset, data) {
+            let entry = t.entry.clone();
+            self.emit(TransferEvent::Failed {
+                entry,
+                reason: e.to_string(),
+            });
+            return;
+        }
+        if !block.piece_complete {
+            return;
+        }
+        let ok = match store.verify_piece(block.piece) {
+            Ok(ok) => ok,
+            Err(e) => {
+                let entry = t.entry.clone();
+                self.emit(TransferEvent::Failed {
+                    entry,
+                    reason: e.to_string(),
+                });
+                return;
+            }
+        };
+        download.piece_verified(block.piece, ok);
+        self.metrics.piece(ok);
+        if !ok {
+            warn!(target: "shardswarm::pieces", %peer, shard = t.entry.shard_index, piece = block.piece, "piece failed its hash check");
+            return;
+        }
+        for id in &t.interested {
+            if let Some(Inbound { tx, .. }) = self.inbound.get(id) {
+                let _ = tx.try_send(Frame::Have {
+                    info_hash: ih,
+                    piece: block.piece,
+                });
+            }
+        }
+        if !t.providing {
+            t.providing = true;
+            self.emit(TransferEvent::Providing { info_hash: ih });
+        }
+        self.report_progress(false);
+    }
+
+    /// A frame from a remote downloading from us.
+    fn on_upload_frame(&mut self, peer: PeerId, conn: u64, frame: Frame) {
+        let Some(Inbound { tx, blocks, .. }) = self.inbound.get(&conn).cloned() else {
+            return;
+        };
+        let reply = match frame {
+            Frame::Interested { info_hash } => match self.torrents.get_mut(&info_hash) {
+                Some(t) if t.store.is_some() => {
+                    t.interested.insert(conn);
+                    let bits = t
+                        .store
+                        .as_ref()
+                        .map(|s| s.have().as_bytes().to_vec())
+                        .unwrap_or_default();
+                    Frame::Bitfield { info_hash, bits }
+                }
+                _ => Frame::NotHere { info_hash },
+            },
+            Frame::GetMetadata { info_hash } => {
+                match self.torrents.get(&info_hash).and_then(|t| t.meta.as_ref()) {
+                    Some(meta) => Frame::Metadata {
+                        info_hash,
+                        info: meta.info_bytes(),
+                    },
+                    None => Frame::NotHere { info_hash },
+                }
+            }
+            Frame::Request {
+                id,
+                info_hash,
+                piece,
+                offset,
+                length,
+            } => {
+                let store = self.torrents.get(&info_hash).and_then(|t| t.store.as_ref());
+                match store {
+                    Some(store) if length <= MAX_BLOCK && store.have().get(piece) => {
+                        if blocks.capacity() == 0 {
+                            Frame::Reject {
+                                id,
+                                reason: REJECT_BUSY,
+                            }
+                        } else {
+                            match store.read_block(piece, offset, length) {
+                                Ok(data) => match blocks.try_send(Frame::Piece {
+                                    id,
+                                    data: data.into(),
+                                }) {
+                                    Ok(()) => return,
+                                    Err(_) => Frame::Reject {
+                                        id,
+                                        reason: REJECT_BUSY,
+                                    },
+                                },
+                                Err(_) => Frame::Reject {
+                                    id,
+                                    reason: REJECT_DONT_HAVE,
+                                },
+                            }
+                        }
+                    }
+                    _ => Frame::Reject {
+                        id,
+                        reason: REJECT_DONT_HAVE,
+                    },
+                }
+            }
+            Frame::Cancel { .. } | Frame::Hello { .. } => return,
+            other => {
+                debug!(target: "shardswarm::pieces", %peer, ?other, "unexpected frame on upload stream");
+                return;
+            }
+        };
+        if tx.try_send(reply).is_err() {
+            debug!(target: "shardswarm::pieces", %peer, "upload queue full; frame dropped");
+        }
+    }
+
+    /// Turns every pending engine action into frames.
+    pub(super) fn drive(&mut self) {
+        let now = Instant::now();
+        let hashes: Vec<InfoHash> = self.torrents.keys().copied().collect();
+        for ih in hashes {
+            loop {
+                let Some(action) = self
+                    .torrents
+                    .get_mut(&ih)
+                    .and_then(|t| t.download.as_mut())
+                    .and_then(|d| d.poll_action(now))
+                else {
+                    break;
+                };
+                match action {
+                    Action::Request {
+                        peer,
+                        id,
+                        piece,
+                        offset,
+                        length,
+                    } => {
+                        self.next_wire += 1;
+                        let wid = self.next_wire;
+                        let frame = Frame::Request {
+                            id: wid,
+                            info_hash: ih,
+                            piece,
+                            offset,
+                            length,
+                        };
+                        let sent = self
+                            .out
+                            .get(&peer)
+                            .is_some_and(|tx| tx.try_send(frame).is_ok());
+                        if sent {
+                            self.wire.insert(wid, (ih, id, peer));
+                            self.by_engine.insert((ih, id), wid);
+                        } else if let Some(d) =
+                            self.torrents.get_mut(&ih).and_then(|t| t.download.as_mut())
+                        {
+                            d.request_rejected(peer, id);
+                        }
+                    }
+                    Action::Cancel { peer, id } => {
+                        if let Some(wid) = self.by_engine.remove(&(ih, id)) {
+                            self.wire.remove(&wid);
+                            if let Some(tx) = self.out.get(&peer) {
+                                let _ = tx.try_send(Frame::Cancel { id: wid });
+                            }
+                        }
+                    }
+                    Action::Ban { peer } => {
+                        self.ban(peer, "served a piece that failed its hash check".into())
+                    }
+                    Action::Completed => {
+                        self.finish(ih);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves a complete download into place and switches it to seeding.
+    pub(super) fn finish(&mut self, ih: InfoHash) {
+        let Some(t) = self.torrents.get_mut(&ih) else {
+            return;
+        };
+        let Some(store) = t.store.as_mut() else {
+            return;
+        };
+        match store.finish() {
+            Ok(path) => {
+                info!(target: "shardswarm::pieces", shard = t.entry.shard_index, path = %path.display(), "shard complete and verified");
+                t.download = None;
+                let entry = t.entry.clone();
+                self.emit(TransferEvent::Complete { entry, path });
+                self.report_progress(true);
+            }
+            Err(e) => {
+                let entry = t.entry.clone();
+                self.emit(TransferEvent::Failed {
+                    entry,
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,572 @@
+//! The sans-IO download state machine: one per torrent, driven by the adapter's events and the
+//! time it passes in (quinn-proto style: `handle_*`/`poll_action`/`poll_timeout`, no clock, no
+//! IO, no tasks).
+//!
+//! The adapter tells the engine everything that happens (peer connected, bitfield, have, block
+//! arrived, request rejected, piece verified, peer gone) and performs the [`Action`]s it returns
+//! from [`Download::poll_action`] until `None`, then sleeps until [`Download::poll_timeout`] and
+//! calls [`Download::handle_timeout`].
+//!
+//! Invariants:
+//! - Request ids are unique per download (a counter); every outstanding id is in `requests`
+//!   exactly once, counted in its peer's `in_flight`, and listed under its block in `by_block`;
+//!   the picker's `Requested(n)` of a block equals the number of its outstanding ids.
+//! - A request ends exactly once: data (`block_received`), `request_rejected`, timeout (a
+//!   `Cancel` goes out), endgame duplicate of a block that arrived elsewhere (a `Cancel` goes
+//!   out), or its peer leaving. Anything naming an ended id is answered with
+//!   [`DownloadError::UnknownRequest`] and changes nothing, so late, duplicate and out-of-order
+//!   blocks are harmless.
+//! - `in_flight <= slots <= max_in_flight_per_peer` when issuing; a timeout halves the peer's
+//!   slots (at least 1), each block on time gives one back (AIMD), a reject backs the peer off
+//!   for a while.
+//! - `piece_sources[piece]` holds the peers that supplied blocks of a piece not yet verified. A
+//!   failed piece with a single source gives that peer a strike (`max_strikes` → [`Action::Ban`]);
+//!   with several sources the piece goes on parole (refetched from one peer) to find the culprit.
+//!   Banned peers stay banned for the life of the download.
+//! - [`Action::Completed`] is emitted once, when every piece is verified.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+use crate::bitfield::Bitfield;
+use crate::metainfo::Metainfo;
+use crate::picker::{BlockRef, Layout, PickRng, PiecePicker};
+
+const TARGET: &str = "shardswarm_torrent::download";
+/// First back-off after a reject; doubles per consecutive reject up to [`MAX_BACKOFF`].
+const BASE_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+
+/// Tuning of a [`Download`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadConfig {
+    /// Bytes per request (clipped to the piece size and the wire maximum). Default 256 KiB.
+    pub block_size: u32,
+    /// Most requests outstanding to one peer. Default 8.
+    pub max_in_flight_per_peer: usize,
+    /// A request unanswered this long is re-issued elsewhere. Default 20 s.
+    pub request_timeout: Duration,
+    /// Bad pieces a peer may be the sole source of before it is banned. Default 1.
+    pub max_strikes: u32,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        DownloadConfig {
+            block_size: 256 * 1024,
+            max_in_flight_per_peer: 8,
+            request_timeout: Duration::from_secs(20),
+            max_strikes: 1,
+        }
+    }
+}
+
+/// Something the adapter must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action<P> {
+    /// Send `Frame::Request { id, piece, offset, length, .. }` to `peer`.
+    Request {
+        /// The uploader.
+        peer: P,
+        /// The request id (unique in this download).
+        id: u64,
+        /// The piece.
+        piece: u32,
+        /// Byte offset in the piece.
+        offset: u32,
+        /// Bytes wanted.
+        length: u32,
+    },
+    /// Send `Frame::Cancel { id }` to `peer` (timed out, or an endgame duplicate arrived
+    /// elsewhere); a `Piece` for it that still arrives is to be dropped.
+    Cancel {
+        /// The uploader.
+        peer: P,
+        /// The withdrawn request.
+        id: u64,
+    },
+    /// Disconnect `peer` and refuse it from now on: it served bad data.
+    Ban {
+        /// The offender.
+        peer: P,
+    },
+    /// Every piece is verified: finish the storage.
+    Completed,
+}
+
+/// Where a received block goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceivedBlock {
+    /// The piece.
+    pub piece: u32,
+    /// Byte offset in the piece (write at `piece_offset(piece) + offset`).
+    pub offset: u32,
+    /// The block length the data must have.
+    pub length: u32,
+    /// Every block of the piece is now here: verify it and call [`Download::piece_verified`].
+    pub piece_complete: bool,
+}
+
+/// An outstanding request, as looked up with [`Download::pending_request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingRequest<P> {
+    /// The uploader asked.
+    pub peer: P,
+    /// The piece.
+    pub piece: u32,
+    /// Byte offset in the piece.
+    pub offset: u32,
+    /// Bytes asked for.
+    pub length: u32,
+}
+
+/// Events the engine refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DownloadError {
+    /// No such outstanding request (never issued, cancelled, timed out, already answered).
+    #[error("no outstanding request {id}")]
+    UnknownRequest {
+        /// The id.
+        id: u64,
+    },
+    /// The request exists but was sent to another peer.
+    #[error("request {id} was not sent to this peer")]
+    NotYourRequest {
+        /// The id.
+        id: u64,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Request<P> {
+    peer: P,
+    block: BlockRef,
+    offset: u32,
+    length: u32,
+    deadline: Instant,
+}
+
+#[derive(Debug, Clone)]
+struct PeerState {
+    in_flight: usize,
+    slots: usize,
+    reject_streak: u32,
+    backoff_pending: bool,
+    blocked_until: Option<Instant>,
+}
+
+/// The download of one torrent (see the module docs).
+#[derive(Debug)]
+pub struct Download<P> {
+    config: DownloadConfig,
+    picker: PiecePicker<P>,
+    rng: PickRng,
+    next_id: u64,
+    requests: BTreeMap<u64, Request<P>>,
+    by_block: HashMap<BlockRef, Vec<u64>>,
+    peers: BTreeMap<P, PeerState>,
+    piece_sources: HashMap<u32, BTreeSet<P>>,
+    strikes: HashMap<P, u32>,
+    banned: BTreeSet<P>,
+    actions: VecDeque<Action<P>>,
+    cursor: Option<P>,
+    completed_sent: bool,
+    verified_bytes: u64,
+}
+
+impl<P: Copy + Eq + Hash + Ord + Debug> Download<P> {
+    /// A download of `meta` that already has the verified pieces `have` (from storage).
+    pub fn new(meta: &Metainfo, have: Bitfield, config: DownloadConfig, seed: u64) -> Self {
+        let layout = Layout::new(
+            meta.info.length,
+            meta.info.piece_length,
+            meta.piece_count(),
+            config.block_size,
+        );
+        if have.len() != layout.piece_count {
+            tracing::warn!(target: TARGET, got = have.len(), expected = layout.piece_count, "have bitfield of wrong length; starting empty");
+        }
+        let picker = PiecePicker::new(layout, have);
+        let verified_bytes = picker
+            .have()
+            .iter_ones()
+            .map(|i| layout.piece_size(i))
+            .sum();
+        let mut config = config;
+        config.max_in_flight_per_peer = config.max_in_flight_per_peer.max(1);
+        let mut d = Download {
+            config,
+            picker,
+            rng: PickRng::new(seed),
+            next_id: 1,
+            requests: BTreeMap::new(),
+            by_block: HashMap::new(),
+            peers: BTreeMap::new(),
+            piece_sources: HashMap::new(),
+            strikes: HashMap::new(),
+            banned: BTreeSet::new(),
+            actions: VecDeque::new(),
+            cursor: None,
+            completed_sent: false,
+            verified_bytes,
+        };
+        d.check_completed();
+        d
+    }
+
+    /// A peer is connected and was sent `Interested`. Banned peers are ignored.
+    pub fn add_peer(&mut self, peer: P, now: Instant) {
+        if self.banned.contains(&peer) || self.peers.contains_key(&peer) {
+            return;
+        }
+        tracing::debug!(target: TARGET, ?peer, ?now, "peer added");
+        self.peers.insert(
+            peer,
+            PeerState {
+                in_flight: 0,
+                slots: self.config.max_in_flight_per_peer,
+                reject_streak: 0,
+                backoff_pending: false,
+                blocked_until: None,
+            },
+        );
+        self.picker
+            .peer_bitfield(peer, Bitfield::new(self.picker.layout().piece_count));
+    }
+
+    /// The peer's (new) bitfield; ignored for unknown peers or a wrong length.
+    pub fn peer_bitfield(&mut self, peer: P, bits: Bitfield) {
+        if self.peers.contains_key(&peer) {
+            self.picker.peer_bitfield(peer, bits);
+        }
+    }
+
+    /// The peer verified one more piece; ignored for unknown peers or out-of-range pieces.
+    pub fn peer_have(&mut self, peer: P, piece: u32) {
+        if self.peers.contains_key(&peer) {
+            self.picker.peer_have(peer, piece);
+        }
+    }
+
+    /// The peer is gone: its outstanding requests go back to the pool.
+    pub fn remove_peer(&mut self, peer: P) {
+        if self.peers.remove(&peer).is_none() {
+            return;
+        }
+        let ids: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.peer == peer)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            self.end_request(id);
+        }
+        for piece in self.picker.remove_peer(peer) {
+            self.piece_sources.remove(&piece);
+        }
+        if self.cursor == Some(peer) {
+            self.cursor = None;
+        }
+        tracing::debug!(target: TARGET, ?peer, "peer removed");
+    }
+
+    /// The outstanding request `id`, to check a `Piece` frame's length against before writing.
+    pub fn pending_request(&self, id: u64) -> Option<PendingRequest<P>> {
+        self.requests.get(&id).map(|r| PendingRequest {
+            peer: r.peer,
+            piece: r.block.piece,
+            offset: r.offset,
+            length: r.length,
+        })
+    }
+
+    /// The data of request `id` arrived from `peer` (its length already checked against
+    /// [`Download::pending_request`]). Other outstanding copies of the block are cancelled.
+    pub fn block_received(
+        &mut self,
+        peer: P,
+        id: u64,
+        now: Instant,
+    ) -> Result<ReceivedBlock, DownloadError> {
+        let req = self
+            .requests
+            .get(&id)
+            .ok_or(DownloadError::UnknownRequest { id })?;
+        if req.peer != peer {
+            return Err(DownloadError::NotYourRequest { id });
+        }
+        let on_time = now <= req.deadline;
+        let req = self.end_request_keep_block(id)?;
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.reject_streak = 0;
+            if on_time {
+                state.slots = (state.slots + 1).min(self.config.max_in_flight_per_peer);
+            }
+        }
+        let piece_complete = self.picker.mark_received(req.block);
+        self.piece_sources
+            .entry(req.block.piece)
+            .or_default()
+            .insert(peer);
+        // Endgame: the other copies of this block are no longer needed.
+        for other in self.by_block.remove(&req.block).unwrap_or_default() {
+            if let Some(r) = self.requests.remove(&other) {
+                self.release_slot(r.peer);
+                self.actions.push_back(Action::Cancel {
+                    peer: r.peer,
+                    id: other,
+                });
+            }
+        }
+        tracing::trace!(target: TARGET, ?peer, id, piece = req.block.piece, offset = req.offset, piece_complete, "block received");
+        Ok(ReceivedBlock {
+            piece: req.block.piece,
+            offset: req.offset,
+            length: req.length,
+            piece_complete,
+        })
+    }
+
+    /// The peer refused request `id`: the block goes back to the pool and the peer is left alone
+    /// for a growing back-off. Unknown ids are ignored.
+    pub fn request_rejected(&mut self, peer: P, id: u64) {
+        if self.requests.get(&id).is_none_or(|r| r.peer != peer) {
+            return;
+        }
+        self.end_request(id);
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.reject_streak = state.reject_streak.saturating_add(1);
+            state.backoff_pending = true;
+        }
+    }
+
+    /// The verdict on a complete piece. `ok`: it counts. Not ok: its blocks go back to the pool,
+    /// a sole source gets a strike (banned at `max_strikes`), several sources put it on parole.
+    pub fn piece_verified(&mut self, piece: u32, ok: bool) {
+        let layout = *self.picker.layout();
+        if piece >= layout.piece_count || self.picker.have().get(piece) {
+            return;
+        }
+        for block in 0..layout.blocks_in(piece) {
+            for id in self
+                .by_block
+                .get(&BlockRef { piece, block })
+                .cloned()
+                .unwrap_or_default()
+            {
+                if let Some(r) = self.requests.get(&id) {
+                    self.actions.push_back(Action::Cancel { peer: r.peer, id });
+                }
+                self.end_request(id);
+            }
+        }
+        let sources = self.piece_sources.remove(&piece).unwrap_or_default();
+        self.picker.piece_done(piece, ok);
+        if ok {
+            self.verified_bytes += layout.piece_size(piece);
+            tracing::debug!(target: TARGET, piece, "piece verified");
+            self.check_completed();
+            return;
+        }
+        tracing::warn!(target: TARGET, piece, ?sources, "piece failed verification");
+        if sources.len() == 1 {
+            for peer in sources {
+                let strikes = self.strikes.entry(peer).or_insert(0);
+                *strikes += 1;
+                if *strikes >= self.config.max_strikes {
+                    self.ban(peer);
+                }
+            }
+        }
+    }
+
+    /// Ends every request whose deadline passed: `Cancel` to its peer, the peer's slots halved,
+    /// the block back in the pool for someone else.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            let Some(peer) = self.requests.get(&id).map(|r| r.peer) else {
+                continue;
+            };
+            self.end_request(id);
+            if let Some(state) = self.peers.get_mut(&peer) {
+                state.slots = (state.slots / 2).max(1);
+            }
+            tracing::debug!(target: TARGET, ?peer, id, "request timed out");
+            self.actions.push_back(Action::Cancel { peer, id });
+        }
+    }
+
+    /// The next thing to do, or `None` until another event or timeout.
+    pub fn poll_action(&mut self, now: Instant) -> Option<Action<P>> {
+        for state in self.peers.values_mut() {
+            if state.backoff_pending {
+                state.backoff_pending = false;
+                let exp = state.reject_streak.saturating_sub(1).min(8);
+                let backoff = BASE_BACKOFF.saturating_mul(1 << exp).min(MAX_BACKOFF);
+                state.blocked_until = Some(now + backoff);
+            }
+        }
+        if let Some(action) = self.actions.pop_front() {
+            return Some(action);
+        }
+        if self.is_complete() {
+            return None;
+        }
+        self.next_request(now)
+    }
+
+    /// When [`Download::handle_timeout`] (or a backed-off peer) next needs attention.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let deadlines = self.requests.values().map(|r| r.deadline);
+        let backoffs = self.peers.values().filter_map(|p| p.blocked_until);
+        deadlines.chain(backoffs).min()
+    }
+
+    /// Our verified pieces.
+    pub fn have(&self) -> &Bitfield {
+        self.picker.have()
+    }
+
+    /// Bytes of verified pieces.
+    pub fn verified_bytes(&self) -> u64 {
+        self.verified_bytes
+    }
+
+    /// Whether every piece is verified.
+    pub fn is_complete(&self) -> bool {
+        self.picker.have().is_full()
+    }
+
+    /// Whether `peer` was banned.
+    pub fn is_banned(&self, peer: P) -> bool {
+        self.banned.contains(&peer)
+    }
+
+    /// Requests outstanding to `peer`.
+    pub fn in_flight(&self, peer: P) -> usize {
+        self.peers.get(&peer).map_or(0, |p| p.in_flight)
+    }
+
+    /// The piece picker (availability, block states), for inspection.
+    pub fn picker(&self) -> &PiecePicker<P> {
+        &self.picker
+    }
+
+    /// Issues one request to the next peer (round robin) that has a free slot and something to
+    /// give.
+    fn next_request(&mut self, now: Instant) -> Option<Action<P>> {
+        let order: Vec<P> = match self.cursor {
+            Some(c) => self
+                .peers
+                .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
+                .chain(self.peers.range(..=c))
+                .map(|(p, _)| *p)
+                .collect(),
+            None => self.peers.keys().copied().collect(),
+        };
+        for peer in order {
+            let Some(state) = self.peers.get(&peer) else {
+                continue;
+            };
+            if state.in_flight >= state.slots || state.blocked_until.is_some_and(|t| t > now) {
+                continue;
+            }
+            let requests = &self.requests;
+            let by_block = &self.by_block;
+            let asked = |b: BlockRef| {
+                by_block.get(&b).is_some_and(|ids| {
+                    ids.iter()
+                        .any(|id| requests.get(id).is_some_and(|r| r.peer == peer))
+                })
+            };
+            let Some(pick) = self.picker.pick(peer, &mut self.rng, asked) else {
+                continue;
+            };
+            let Some((offset, length)) = self.picker.layout().block_range(pick.block) else {
+                continue;
+            };
+            let id = self.next_id;
+            self.next_id += 1;
+            self.picker.mark_requested(peer, pick.block);
+            self.requests.insert(
+                id,
+                Request {
+                    peer,
+                    block: pick.block,
+                    offset,
+                    length,
+                    deadline: now + self.config.request_timeout,
+                },
+            );
+            self.by_block.entry(pick.block).or_default().push(id);
+            if let Some(state) = self.peers.get_mut(&peer) {
+                state.in_flight += 1;
+                state.blocked_until = None;
+            }
+            self.cursor = Some(peer);
+            tracing::trace!(target: TARGET, ?peer, id, piece = pick.block.piece, offset, length, duplicate = pick.duplicate, "request");
+            return Some(Action::Request {
+                peer,
+                id,
+                piece: pick.block.piece,
+                offset,
+                length,
+            });
+        }
+        None
+    }
+
+    /// Ends request `id` without data: the block is unrequested once.
+    fn end_request(&mut self, id: u64) {
+        if let Ok(req) = self.end_request_keep_block(id) {
+            self.picker.mark_unrequested(req.block);
+        }
+    }
+
+    /// Removes request `id` from every table and frees its slot, leaving the picker alone.
+    fn end_request_keep_block(&mut self, id: u64) -> Result<Request<P>, DownloadError> {
+        let req = self
+            .requests
+            .remove(&id)
+            .ok_or(DownloadError::UnknownRequest { id })?;
+        if let Some(ids) = self.by_block.get_mut(&req.block) {
+            ids.retain(|&x| x != id);
+            if ids.is_empty() {
+                self.by_block.remove(&req.block);
+            }
+        }
+        self.release_slot(req.peer);
+        Ok(req)
+    }
+
+    fn release_slot(&mut self, peer: P) {
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.in_flight = state.in_flight.saturating_sub(1);
+        }
+    }
+
+    fn ban(&mut self, peer: P) {
+        if self.banned.insert(peer) {
+            tracing::warn!(target: TARGET, ?peer, "peer banned for bad data");
+            self.actions.push_back(Action::Ban { peer });
+        }
+        self.remove_peer(peer);
+    }
+
+    fn check_completed(&mut self) {
+        if !self.completed_sent && self.is_complete() {
+            self.completed_sent = true;
+            tracing::info!(target: TARGET, bytes = self.verified_bytes, "download complete");
+            self.actions.push_back(Action::Completed);
+        }
+    }
+}

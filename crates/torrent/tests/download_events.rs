@@ -1,0 +1,197 @@
+//! Event-level tests of the download engine: ids, late and foreign blocks, rejects, peers that
+//! vanish, timeouts, completion.
+
+use std::time::{Duration, Instant};
+
+use shardswarm_torrent::{
+    Action, Bitfield, Download, DownloadConfig, DownloadError, Info, Metainfo,
+};
+
+fn meta(pieces: u32) -> Metainfo {
+    Metainfo {
+        info: Info {
+            name: "x".into(),
+            length: u64::from(pieces) * 32 * 1024 - 1000,
+            piece_length: 32 * 1024,
+            pieces: vec![[0; 20]; pieces as usize],
+        },
+        announce: None,
+        created_by: None,
+    }
+}
+
+fn config() -> DownloadConfig {
+    DownloadConfig {
+        block_size: 16 * 1024,
+        max_in_flight_per_peer: 2,
+        ..DownloadConfig::default()
+    }
+}
+
+fn drain(d: &mut Download<u8>, now: Instant) -> Vec<Action<u8>> {
+    let mut out = Vec::new();
+    for _ in 0..1000 {
+        match d.poll_action(now) {
+            Some(a) => out.push(a),
+            None => return out,
+        }
+    }
+    panic!("poll_action never returned None");
+}
+
+fn requests(actions: &[Action<u8>]) -> Vec<(u8, u64, u32, u32, u32)> {
+    actions
+        .iter()
+        .filter_map(|a| match *a {
+            Action::Request {
+                peer,
+                id,
+                piece,
+                offset,
+                length,
+            } => Some((peer, id, piece, offset, length)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn requests_respect_slots_and_blocks_cover_the_last_short_piece() {
+    let t0 = Instant::now();
+    let m = meta(2);
+    let mut d = Download::new(&m, Bitfield::new(2), config(), 1);
+    d.add_peer(1, t0);
+    assert!(
+        drain(&mut d, t0).is_empty(),
+        "nothing to ask before a bitfield"
+    );
+    let mut bits = Bitfield::new(2);
+    bits.set(1);
+    d.peer_bitfield(1, bits);
+    let reqs = requests(&drain(&mut d, t0));
+    // Piece 1 is 32 KiB - 1000: blocks of 16 KiB and 15 KiB, two slots.
+    assert_eq!(
+        reqs.iter().map(|r| (r.2, r.3, r.4)).collect::<Vec<_>>(),
+        vec![(1, 0, 16384), (1, 16384, 16384 - 1000)]
+    );
+    assert_eq!(d.in_flight(1), 2);
+    assert_eq!(d.poll_timeout(), Some(t0 + Duration::from_secs(20)));
+    let ids: Vec<u64> = reqs.iter().map(|r| r.1).collect();
+    assert_ne!(ids[0], ids[1]);
+    // Unknown and foreign ids change nothing.
+    assert_eq!(
+        d.block_received(1, 999, t0),
+        Err(DownloadError::UnknownRequest { id: 999 })
+    );
+    assert_eq!(
+        d.block_received(2, ids[0], t0),
+        Err(DownloadError::NotYourRequest { id: ids[0] })
+    );
+    let first = d.block_received(1, ids[0], t0).unwrap();
+    assert!(!first.piece_complete);
+    // The same block again (duplicate delivery) is refused.
+    assert_eq!(
+        d.block_received(1, ids[0], t0),
+        Err(DownloadError::UnknownRequest { id: ids[0] })
+    );
+    let second = d.block_received(1, ids[1], t0).unwrap();
+    assert!(second.piece_complete);
+    d.piece_verified(1, true);
+    assert_eq!(d.verified_bytes(), 32 * 1024 - 1000);
+    assert!(!d.is_complete());
+}
+
+#[test]
+fn a_timed_out_request_is_cancelled_reissued_elsewhere_and_its_late_block_ignored() {
+    let t0 = Instant::now();
+    let m = meta(1);
+    let mut d = Download::new(&m, Bitfield::new(1), config(), 2);
+    d.add_peer(1, t0);
+    d.peer_bitfield(1, Bitfield::full(1));
+    let slow = requests(&drain(&mut d, t0));
+    assert_eq!(slow.len(), 2);
+    d.add_peer(2, t0);
+    d.peer_bitfield(2, Bitfield::full(1));
+    // Peer 2 has nothing new to get: both blocks are out, endgame allows duplicates though.
+    let dup = requests(&drain(&mut d, t0));
+    assert!(dup.iter().all(|r| r.0 == 2));
+    let later = t0 + Duration::from_secs(21);
+    d.handle_timeout(later);
+    let actions = drain(&mut d, later);
+    let cancelled: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Cancel { peer, id } => Some((*peer, *id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cancelled.len(), slow.len() + dup.len());
+    assert_eq!(d.in_flight(1) + d.in_flight(2), requests(&actions).len());
+    // The late answer to a cancelled request is refused.
+    assert_eq!(
+        d.block_received(1, slow[0].1, later),
+        Err(DownloadError::UnknownRequest { id: slow[0].1 })
+    );
+}
+
+#[test]
+fn a_vanished_peer_gives_its_blocks_back_and_rejects_back_off() {
+    let t0 = Instant::now();
+    let m = meta(1);
+    let mut d = Download::new(&m, Bitfield::new(1), config(), 3);
+    d.add_peer(1, t0);
+    d.peer_bitfield(1, Bitfield::full(1));
+    let reqs = requests(&drain(&mut d, t0));
+    d.remove_peer(1);
+    assert_eq!(d.in_flight(1), 0);
+    // Its late blocks and rejects are harmless.
+    assert!(d.block_received(1, reqs[0].1, t0).is_err());
+    d.request_rejected(1, reqs[1].1);
+    d.add_peer(2, t0);
+    d.peer_bitfield(2, Bitfield::full(1));
+    let again = requests(&drain(&mut d, t0));
+    assert_eq!(
+        again.iter().map(|r| (r.2, r.3)).collect::<Vec<_>>(),
+        vec![(0, 0), (0, 16384)]
+    );
+    // Peer 2 rejects one: it is left alone for a while, then asked again.
+    d.request_rejected(2, again[0].1);
+    assert!(requests(&drain(&mut d, t0)).is_empty());
+    let backoff_end = d.poll_timeout().expect("a back-off deadline");
+    assert!(backoff_end <= t0 + Duration::from_secs(1));
+    let retry = requests(&drain(&mut d, backoff_end));
+    assert_eq!(retry.len(), 1);
+    assert_eq!((retry[0].2, retry[0].3), (0, 0));
+}
+
+#[test]
+fn a_bad_piece_from_one_peer_bans_it_and_completion_is_announced_once() {
+    let t0 = Instant::now();
+    let m = meta(1);
+    let mut d = Download::new(&m, Bitfield::new(1), config(), 4);
+    d.add_peer(1, t0);
+    d.peer_bitfield(1, Bitfield::full(1));
+    for r in requests(&drain(&mut d, t0)) {
+        d.block_received(1, r.1, t0).unwrap();
+    }
+    d.piece_verified(0, false);
+    assert_eq!(drain(&mut d, t0), vec![Action::Ban { peer: 1 }]);
+    d.add_peer(1, t0);
+    d.peer_bitfield(1, Bitfield::full(1));
+    assert!(
+        drain(&mut d, t0).is_empty(),
+        "a banned peer is not asked again"
+    );
+    d.add_peer(2, t0);
+    d.peer_bitfield(2, Bitfield::full(1));
+    for r in requests(&drain(&mut d, t0)) {
+        d.block_received(2, r.1, t0).unwrap();
+    }
+    d.piece_verified(0, true);
+    assert_eq!(drain(&mut d, t0), vec![Action::Completed]);
+    d.piece_verified(0, true);
+    assert!(drain(&mut d, t0).is_empty());
+    assert!(d.is_complete());
+    let mut done = Download::<u8>::new(&m, Bitfield::full(1), config(), 5);
+    assert_eq!(drain(&mut done, t0), vec![Action::Completed]);
+}
