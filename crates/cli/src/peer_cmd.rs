@@ -23,6 +23,18 @@ pub(crate) struct SharedArgs {
     /// Cap on shard bytes received per second, e.g. 20MB/s.
     #[arg(long, value_name = "RATE")]
     download_limit: Option<Rate>,
+    /// Where a node downloads pieces from: any peer holding them, or the server only.
+    #[arg(long, value_enum, default_value_t = FetchFrom::Any)]
+    fetch_from: FetchFrom,
+}
+
+/// `--fetch-from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FetchFrom {
+    /// The server and every node that has pieces.
+    Any,
+    /// The server only (no peer-to-peer download; uploads to peers still happen).
+    Server,
 }
 
 impl SharedArgs {
@@ -30,6 +42,7 @@ impl SharedArgs {
         common.transfer = TransferConfig {
             upload_limit: self.upload_limit,
             download_limit: self.download_limit,
+            server_only: self.fetch_from == FetchFrom::Server,
         };
     }
 }

@@ -88,13 +88,13 @@ impl HashCache {
             .unwrap_or(0);
         let key = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         let key = key.to_string_lossy().into_owned();
-        if let Some(entry) = self.index.get(&key) {
-            if entry.size == meta.len() && entry.mtime_ns == mtime_ns {
-                if let Some(m) = self.load_torrent(entry.info_hash, name) {
-                    debug!(target: "shardswarm::catalog", file = %path.display(), "info-hash from cache");
-                    return Ok((m, false));
-                }
-            }
+        if let Some(entry) = self.index.get(&key)
+            && entry.size == meta.len()
+            && entry.mtime_ns == mtime_ns
+            && let Some(m) = self.load_torrent(entry.info_hash, name)
+        {
+            debug!(target: "shardswarm::catalog", file = %path.display(), "info-hash from cache");
+            return Ok((m, false));
         }
         let m =
             Metainfo::from_file(path, name, None).map_err(|source| HashCacheError::Metainfo {

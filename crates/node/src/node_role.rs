@@ -246,10 +246,10 @@ impl EventLoop {
             files: catalog.files.clone(),
         });
         let Some(n) = self.node() else { return };
-        if let Some(old) = &n.catalog {
-            if old.total_shards != catalog.total_shards {
-                warn!(target: msglog::SYNC, before = old.total_shards, now = catalog.total_shards, "[TORRENT_SYNC] catalog shard count changed");
-            }
+        if let Some(old) = &n.catalog
+            && old.total_shards != catalog.total_shards
+        {
+            warn!(target: msglog::SYNC, before = old.total_shards, now = catalog.total_shards, "[TORRENT_SYNC] catalog shard count changed");
         }
         if let Ok(json) = serde_json::to_vec_pretty(&catalog) {
             let path = last_catalog_path(&n.cfg);
@@ -350,10 +350,10 @@ impl EventLoop {
         for (cmd, lookup) in cmds {
             self.transfer.send(cmd);
             if let Some(ih) = lookup {
-                if let Some(n) = self.node() {
-                    if !n.fetching.contains(&ih) {
-                        n.fetching.push(ih);
-                    }
+                if let Some(n) = self.node()
+                    && !n.fetching.contains(&ih)
+                {
+                    n.fetching.push(ih);
                 }
                 self.find_providers(ih);
             }

@@ -70,6 +70,7 @@ struct Actor {
     next_wire: u64,
     banned: HashSet<PeerId>,
     last_progress: Instant,
+    server_only: bool,
 }
 
 /// Starts the service on `control` (whose piece protocol is not yet accepted elsewhere).
@@ -106,6 +107,7 @@ pub(crate) fn spawn(
         next_wire: 0,
         banned: HashSet::new(),
         last_progress: Instant::now(),
+        server_only: config.server_only,
     };
     tokio::spawn(actor.run(rx, conn_rx));
     Ok((TransferHandle { tx }, ev_rx))
@@ -161,6 +163,9 @@ impl Actor {
                     return;
                 }
                 self.peers.insert(peer, is_server);
+                if self.server_only && !is_server {
+                    return;
+                }
                 if self
                     .torrents
                     .values()
@@ -244,7 +249,12 @@ impl Actor {
         if let Some(meta) = meta {
             self.start_download(ih, meta);
         }
-        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        let peers: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, is_server)| **is_server || !self.server_only)
+            .map(|(p, _)| *p)
+            .collect();
         for p in peers {
             self.ensure_out(p);
             self.ask(p);

@@ -27,6 +27,9 @@ pub struct TransferConfig {
     pub upload_limit: Option<Rate>,
     /// Cap on payload bytes received per second (`--download-limit`).
     pub download_limit: Option<Rate>,
+    /// Download only from the server, never from other nodes (`--fetch-from server`): the star
+    /// baseline of the distribution benchmark, or a node that trusts only the server.
+    pub server_only: bool,
 }
 
 /// What the event loop asks of the transfer service.

@@ -108,12 +108,11 @@ impl Actor {
             Frame::Reject { id, .. } => {
                 if let Some((ih, eid, p)) = self.wire.remove(&id) {
                     self.by_engine.remove(&(ih, eid));
-                    if p == peer {
-                        if let Some(d) =
+                    if p == peer
+                        && let Some(d) =
                             self.torrents.get_mut(&ih).and_then(|t| t.download.as_mut())
-                        {
-                            d.request_rejected(peer, eid);
-                        }
+                    {
+                        d.request_rejected(peer, eid);
                     }
                 }
             }
@@ -303,15 +302,12 @@ impl Actor {
         let now = Instant::now();
         let hashes: Vec<InfoHash> = self.torrents.keys().copied().collect();
         for ih in hashes {
-            loop {
-                let Some(action) = self
-                    .torrents
-                    .get_mut(&ih)
-                    .and_then(|t| t.download.as_mut())
-                    .and_then(|d| d.poll_action(now))
-                else {
-                    break;
-                };
+            while let Some(action) = self
+                .torrents
+                .get_mut(&ih)
+                .and_then(|t| t.download.as_mut())
+                .and_then(|d| d.poll_action(now))
+            {
                 match action {
                     Action::Request {
                         peer,
