@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The local swarm on loopback, today's main job: fetch the default model, split it into 8 shards,
-# start a server and 3 nodes as separate processes, and show them sync and report to the server.
-# (`shardswarm demo` replaces this once distribution and inference exist.)
+# start a server and 3 nodes as separate processes (`--shards auto --max-shards 3`: the server
+# assigns each a window), let them fetch their shards from the server and from each other, and
+# wait for swarm ready. (`shardswarm demo` replaces this once distributed inference exists.)
 # Usage: scripts/local-swarm.sh [NODES]   — state lives in ./.demo (reused by a second run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,20 +29,21 @@ cat "$DEMO/server.out"
 SERVER=$(head -1 "$DEMO/server/server.addrs")
 
 for i in $(seq 1 "$NODES"); do
-  "$BIN" node --server "$SERVER" --data-dir "$DEMO/node$i" --shards all \
+  "$BIN" node --server "$SERVER" --data-dir "$DEMO/node$i" --shards auto --max-shards 3 \
     --listen /ip4/127.0.0.1/udp/0/quic-v1 --listen /ip4/127.0.0.1/tcp/0 \
     > "$DEMO/node$i.out" 2> "$DEMO/node$i.log" &
   pids+=($!)
 done
-for i in $(seq 1 "$NODES"); do
-  for _ in $(seq 100); do grep -q "Received .* available file" "$DEMO/node$i.log" && break; sleep 0.1; done
+HTTP=$(cat "$DEMO/server/http.addr")
+ready=no
+for _ in $(seq 600); do
+  if "$BIN" status --http "$HTTP" --json | grep -q '"swarm_ready": true'; then ready=yes; break; fi
+  sleep 0.2
 done
 echo "--- node1's log ---"
 cat "$DEMO/node1.log"
-# Give the server one poll round (every 5 s) to hear every node's status.
-for _ in $(seq 60); do
-  n=$("$BIN" status --http "$(cat "$DEMO/server/http.addr")" --json | grep -c '"role": "node"' || true)
-  [ "$n" -ge "$NODES" ] && break; sleep 0.2
-done
+echo "--- the server's log (assignment and readiness) ---"
+grep -E "SWARM|Assigned" "$DEMO/server.log" || true
 echo "--- the swarm, as the server sees it ---"
-"$BIN" status --http "$(cat "$DEMO/server/http.addr")"
+"$BIN" status --http "$HTTP"
+[ "$ready" = yes ] || { echo "the swarm did not become ready in 120 s" >&2; exit 1; }

@@ -12,10 +12,11 @@
 //! panic or Ctrl-C/SIGTERM (the bench future is dropped) the children are killed. Progress and
 //! the children's log paths go to stderr, results to stdout.
 
+mod procs;
 mod raw;
+mod report;
 
-use std::fmt::Write as _;
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -24,17 +25,15 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 use shardswarm_node::transfer::Rate;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+
+use procs::{Procs, Progress, ServerInfo, fresh_dir, http_get, metric, path_arg, read_first_line};
+use report::{Mode, RunResult, SingleStream};
 
 const QUIC_LISTEN: &str = "/ip4/127.0.0.1/udp/0/quic-v1";
 const TCP_LISTEN: &str = "/ip4/127.0.0.1/tcp/0";
 /// How long a server may take to listen and hash its catalog.
 const SERVER_START_TIMEOUT: Duration = Duration::from_secs(120);
-/// One HTTP request to a child's API.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest HTTP answer read from a child.
-const MAX_HTTP_BYTES: u64 = 16 << 20;
 const MB: f64 = 1e6;
 
 const DISTRIBUTE_ABOUT: &str = "\
@@ -90,7 +89,7 @@ struct DistributeArgs {
     /// The server's upload cap in modes (a) and (b).
     #[arg(long, value_name = "RATE", default_value = "20MB/s")]
     upload_limit: Rate,
-    /// Rounds of (a) swarm then (b) star.
+    /// Rounds of (a) swarm then (b) star (0: only the single-stream measurement).
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Give up on a run after this many seconds.
@@ -146,49 +145,19 @@ async fn interrupted() {
     }
 }
 
-/// Swarm (nodes fetch from anyone) or star (nodes fetch from the server only).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Swarm,
-    Star,
-}
-
-impl Mode {
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Swarm => "swarm",
-            Mode::Star => "star",
-        }
-    }
-}
-
 /// Settings shared by every run.
 struct Bench {
     bin: PathBuf,
     work: PathBuf,
     shards_dir: PathBuf,
     shards: u32,
-    total_bytes: u64,
     timeout: Duration,
     poll: Duration,
 }
 
-/// One run's outcome.
-#[derive(Debug, Clone)]
-struct RunResult {
-    mode: Mode,
-    /// Launch of the nodes until the last node held every shard.
-    secs: f64,
-    /// Launch of the nodes until the first node held every shard.
-    first_secs: f64,
-    server_uploaded: u64,
-    from_server: u64,
-    from_peers: u64,
-}
-
 async fn distribute(args: DistributeArgs) -> Result<()> {
-    if args.nodes == 0 || args.runs == 0 || args.shards == 0 {
-        bail!("--nodes, --runs and --shards must be at least 1");
+    if args.nodes == 0 || args.shards == 0 {
+        bail!("--nodes and --shards must be at least 1");
     }
     let bin = match &args.bin {
         Some(b) => b.clone(),
@@ -207,7 +176,6 @@ async fn distribute(args: DistributeArgs) -> Result<()> {
         work,
         shards_dir,
         shards: args.shards,
-        total_bytes,
         timeout: Duration::from_secs(args.timeout_secs),
         poll: Duration::from_millis(args.poll_ms.max(1)),
     };
@@ -236,9 +204,12 @@ async fn distribute(args: DistributeArgs) -> Result<()> {
             results.push(r);
         }
     }
-    let mut out = distribution_report(&results, total_bytes, args.nodes, cap);
-    print!("{out}");
-    out.clear();
+    if !results.is_empty() {
+        print!(
+            "{}",
+            report::distribution(&results, total_bytes, bench.shards, args.nodes, cap)
+        );
+    }
 
     if !args.skip_throughput {
         let piece = bench.run_single_stream().await?;
@@ -248,111 +219,12 @@ async fn distribute(args: DistributeArgs) -> Result<()> {
         let raw_tcp = raw::measure(&bench.bin, &bench.shards_dir, bench.shards, raw::Kind::Tcp)
             .await
             .context("raw TCP baseline")?;
-        let mbps = |secs: f64| total_bytes as f64 / MB / secs;
-        let _ = writeln!(out, "\n(c) single stream, {:.1} MB, no upload cap", total_bytes as f64 / MB);
-        let _ = writeln!(out, "| path | time (s) | MB/s |");
-        let _ = writeln!(out, "|---|---:|---:|");
-        let _ = writeln!(
-            out,
-            "| piece protocol, node launch → all shards verified | {:.2} | {:.1} |",
-            piece.secs,
-            mbps(piece.secs)
+        print!(
+            "{}",
+            report::single_stream(&piece, raw_quic, raw_tcp, total_bytes)
         );
-        let _ = writeln!(
-            out,
-            "| piece protocol, first byte seen → all shards verified | {:.2} | {:.1} |",
-            piece.transfer_secs,
-            mbps(piece.transfer_secs)
-        );
-        let _ = writeln!(out, "| raw libp2p QUIC stream (one stream, 1 MiB writes) | {raw_quic:.2} | {:.1} |", mbps(raw_quic));
-        let _ = writeln!(out, "| raw TCP socket copy (tokio, 1 MiB writes) | {raw_tcp:.2} | {:.1} |", mbps(raw_tcp));
-        let _ = writeln!(
-            out,
-            "piece / raw QUIC = {:.2} (from first byte: {:.2}); piece / raw TCP = {:.2}",
-            raw_quic / piece.secs,
-            raw_quic / piece.transfer_secs,
-            raw_tcp / piece.secs
-        );
-        print!("{out}");
     }
     Ok(())
-}
-
-/// The markdown table of every run, the medians and the ratios.
-fn distribution_report(results: &[RunResult], total: u64, nodes: usize, cap: u64) -> String {
-    let copies = |b: u64| b as f64 / total as f64;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "\n(a) swarm vs (b) star: {nodes} nodes, {:.1} MB in 8 files, server upload cap {:.1} MB/s",
-        total as f64 / MB,
-        cap as f64 / MB
-    );
-    let _ = writeln!(
-        out,
-        "| run | mode | all nodes done (s) | first node done (s) | server sent (copies) | nodes got from server (MB) | nodes got from peers (MB) |"
-    );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
-    for (i, r) in results.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} |",
-            i / 2 + 1,
-            r.mode.name(),
-            r.secs,
-            r.first_secs,
-            copies(r.server_uploaded),
-            r.from_server as f64 / MB,
-            r.from_peers as f64 / MB
-        );
-    }
-    let med = |mode: Mode, f: &dyn Fn(&RunResult) -> f64| {
-        median(results.iter().filter(|r| r.mode == mode).map(f).collect())
-    };
-    for mode in [Mode::Swarm, Mode::Star] {
-        let _ = writeln!(
-            out,
-            "| median | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} |",
-            mode.name(),
-            med(mode, &|r| r.secs),
-            med(mode, &|r| r.first_secs),
-            med(mode, &|r| copies(r.server_uploaded)),
-            med(mode, &|r| r.from_server as f64 / MB),
-            med(mode, &|r| r.from_peers as f64 / MB)
-        );
-    }
-    let swarm = med(Mode::Swarm, &|r| r.secs);
-    let star = med(Mode::Star, &|r| r.secs);
-    let ideal_star = nodes as f64 * total as f64 / cap as f64;
-    let one_copy = total as f64 / cap as f64;
-    let _ = writeln!(
-        out,
-        "swarm / star = {:.2}; swarm / ideal star = {:.2} (ideal star = {nodes} x {:.1} MB / {:.1} MB/s = {ideal_star:.1} s; one copy alone {one_copy:.1} s)",
-        swarm / star,
-        swarm / ideal_star,
-        total as f64 / MB,
-        cap as f64 / MB
-    );
-    let _ = writeln!(
-        out,
-        "server sent (median copies): swarm {:.2}, star {:.2}",
-        med(Mode::Swarm, &|r| copies(r.server_uploaded)),
-        med(Mode::Star, &|r| copies(r.server_uploaded))
-    );
-    out
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// Splits `model` into `dir` unless a split with `shards` shards is already there.
@@ -360,8 +232,7 @@ async fn ensure_split(bin: &Path, model: Option<&Path>, dir: &Path, shards: u32)
     let manifest = dir.join("manifest.json");
     if let Ok(text) = fs::read_to_string(&manifest) {
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let complete =
-            (0..shards).all(|i| dir.join(format!("shard-{i}.gguf")).is_file());
+        let complete = (0..shards).all(|i| dir.join(format!("shard-{i}.gguf")).is_file());
         if v["total_shards"].as_u64() == Some(u64::from(shards)) && complete {
             eprintln!("bench: reusing the split in {}", dir.display());
             return Ok(());
@@ -371,6 +242,13 @@ async fn ensure_split(bin: &Path, model: Option<&Path>, dir: &Path, shards: u32)
         Some(m) => m.to_path_buf(),
         None => {
             let opts = crate::fetch_model::FetchOptions::default();
+            let cached = crate::fetch_model::default_model_path(&opts.cache_dir);
+            if !cached.is_file() {
+                eprintln!(
+                    "bench: fetching the default model into {}",
+                    cached.display()
+                );
+            }
             tokio::task::spawn_blocking(move || crate::fetch_model::fetch_default_model(&opts))
                 .await
                 .context("fetch-model task")??
@@ -379,7 +257,11 @@ async fn ensure_split(bin: &Path, model: Option<&Path>, dir: &Path, shards: u32)
     if dir.exists() {
         fs::remove_dir_all(dir).with_context(|| format!("removing the stale {}", dir.display()))?;
     }
-    eprintln!("bench: splitting {} into {shards} shards in {}", model.display(), dir.display());
+    eprintln!(
+        "bench: splitting {} into {shards} shards in {}",
+        model.display(),
+        dir.display()
+    );
     let status = Command::new(bin)
         .arg("split")
         .arg(&model)
@@ -401,90 +283,55 @@ fn shard_bytes(dir: &Path, shards: u32) -> Result<u64> {
     let mut total = 0;
     for i in 0..shards {
         let p = dir.join(format!("shard-{i}.gguf"));
-        total += fs::metadata(&p).with_context(|| format!("reading {}", p.display()))?.len();
+        total += fs::metadata(&p)
+            .with_context(|| format!("reading {}", p.display()))?
+            .len();
     }
     Ok(total)
 }
 
-/// The child processes of one run; killed when dropped (`kill_on_drop`).
-#[derive(Default)]
-struct Procs {
-    list: Vec<(String, Child, PathBuf)>,
-}
-
-impl Procs {
-    /// Starts `bin args…` with stdout and stderr into `log`.
-    fn spawn(&mut self, name: &str, bin: &Path, args: &[String], log: PathBuf) -> Result<()> {
-        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone().context("duplicating a log handle")?;
-        let child = Command::new(bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {name} ({})", bin.display()))?;
-        self.list.push((name.to_owned(), child, log));
-        Ok(())
-    }
-
-    /// Fails when a child has exited.
-    fn check_alive(&mut self) -> Result<()> {
-        for (name, child, log) in &mut self.list {
-            if let Some(status) = child.try_wait().context("polling a child")? {
-                let tail = fs::read_to_string(&*log).unwrap_or_default();
-                let tail: Vec<&str> = tail.lines().rev().take(5).collect();
-                bail!(
-                    "{name} exited ({status}); log {}: …{}",
-                    log.display(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// Kills every child and waits for it.
-    async fn stop(mut self) {
-        for (_, child, _) in &mut self.list {
-            let _ = child.start_kill();
-        }
-        for (_, child, _) in &mut self.list {
-            let _ = child.wait().await;
-        }
-    }
-}
-
-/// The single-stream run's outcome.
-struct SingleStream {
-    secs: f64,
-    transfer_secs: f64,
-}
-
 impl Bench {
     /// Server + `nodes` nodes in `mode`; times until every node holds every shard.
-    async fn run_distribution(&self, round: usize, mode: Mode, nodes: usize, cap: u64) -> Result<RunResult> {
+    async fn run_distribution(
+        &self,
+        round: usize,
+        mode: Mode,
+        nodes: usize,
+        cap: u64,
+    ) -> Result<RunResult> {
         let dir = fresh_dir(&self.work.join(format!("run-{round}-{}", mode.name())))?;
         let mut procs = Procs::default();
         let server = self.start_server(&dir, Some(cap), &mut procs).await?;
         let star = mode == Mode::Star;
-        let (times, first_byte, node_https) = self.run_nodes(&dir, &server, nodes, star, &mut procs).await?;
-        let _ = first_byte;
+        let (times, _, node_https) = self
+            .run_nodes(&dir, &server, nodes, star, &mut procs)
+            .await?;
         let server_metrics = http_get(&server.http, "/metrics").await?;
         let mut from_server = 0.0;
         let mut from_peers = 0.0;
         for h in &node_https {
             let m = http_get(h, "/metrics").await?;
-            from_server += metric(&m, "shardswarm_torrent_downloaded_bytes_total", Some("source=\"server\""));
-            from_peers += metric(&m, "shardswarm_torrent_downloaded_bytes_total", Some("source=\"peer\""));
+            from_server += metric(
+                &m,
+                "shardswarm_torrent_downloaded_bytes_total",
+                Some("source=\"server\""),
+            );
+            from_peers += metric(
+                &m,
+                "shardswarm_torrent_downloaded_bytes_total",
+                Some("source=\"peer\""),
+            );
         }
         procs.stop().await;
         Ok(RunResult {
             mode,
             secs: times.iter().copied().fold(0.0, f64::max),
             first_secs: times.iter().copied().fold(f64::INFINITY, f64::min),
-            server_uploaded: metric(&server_metrics, "shardswarm_torrent_uploaded_bytes_total", None) as u64,
+            server_uploaded: metric(
+                &server_metrics,
+                "shardswarm_torrent_uploaded_bytes_total",
+                None,
+            ) as u64,
             from_server: from_server as u64,
             from_peers: from_peers as u64,
         })
@@ -499,12 +346,22 @@ impl Bench {
         procs.stop().await;
         let secs = times[0];
         let transfer_secs = secs - first_byte[0].unwrap_or(0.0);
-        eprintln!("bench: single stream: {secs:.2} s from launch, {transfer_secs:.2} s from the first byte seen");
-        Ok(SingleStream { secs, transfer_secs })
+        eprintln!(
+            "bench: single stream: {secs:.2} s from launch, {transfer_secs:.2} s from the first byte seen"
+        );
+        Ok(SingleStream {
+            secs,
+            transfer_secs,
+        })
     }
 
     /// Starts a server in `dir/server`, waits until it listens and holds its whole catalog.
-    async fn start_server(&self, dir: &Path, cap: Option<u64>, procs: &mut Procs) -> Result<ServerInfo> {
+    async fn start_server(
+        &self,
+        dir: &Path,
+        cap: Option<u64>,
+        procs: &mut Procs,
+    ) -> Result<ServerInfo> {
         let data = dir.join("server");
         fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
         let mut args: Vec<String> = vec![
@@ -529,15 +386,18 @@ impl Bench {
             procs.check_alive()?;
             let http = read_first_line(&data.join("http.addr"));
             let addr = read_first_line(&data.join("server.addrs"));
-            if let (Some(http), Some(addr)) = (http, addr) {
-                if let Ok(body) = http_get(&http, "/api/status").await {
-                    if Progress::parse(&body).verified == self.shards as usize {
-                        break (http, addr);
-                    }
-                }
+            if let (Some(http), Some(addr)) = (http, addr)
+                && let Ok(body) = http_get(&http, "/api/status").await
+                && Progress::parse(&body).verified == self.shards as usize
+            {
+                break (http, addr);
             }
             if Instant::now() > deadline {
-                bail!("the server did not list its {} shards within {SERVER_START_TIMEOUT:?}; see {}", self.shards, dir.join("server.log").display());
+                bail!(
+                    "the server did not list its {} shards within {SERVER_START_TIMEOUT:?}; see {}",
+                    self.shards,
+                    dir.join("server.log").display()
+                );
             }
             tokio::time::sleep(self.poll).await;
         };
@@ -578,7 +438,12 @@ impl Bench {
             if server_only {
                 args.extend(["--fetch-from".into(), "server".into()]);
             }
-            procs.spawn(&format!("node-{i}"), &self.bin, &args, dir.join(format!("node-{i}.log")))?;
+            procs.spawn(
+                &format!("node-{i}"),
+                &self.bin,
+                &args,
+                dir.join(format!("node-{i}.log")),
+            )?;
         }
         let mut http: Vec<Option<String>> = vec![None; n];
         let mut done: Vec<Option<f64>> = vec![None; n];
@@ -595,7 +460,9 @@ impl Bench {
                     http[i] = read_first_line(&data[i].join("http.addr"));
                 }
                 let Some(h) = &http[i] else { continue };
-                let Ok(body) = http_get(h, "/api/status").await else { continue };
+                let Ok(body) = http_get(h, "/api/status").await else {
+                    continue;
+                };
                 let now = t0.elapsed().as_secs_f64();
                 let p = Progress::parse(&body);
                 held[i] = p.bytes;
@@ -610,7 +477,11 @@ impl Bench {
                 break;
             }
             if t0.elapsed() > self.timeout {
-                bail!("not every node held every shard after {:?}; logs in {}", self.timeout, dir.display());
+                bail!(
+                    "not every node held every shard after {:?}; logs in {}",
+                    self.timeout,
+                    dir.display()
+                );
             }
             if last_print.elapsed() >= Duration::from_secs(1) {
                 last_print = Instant::now();
@@ -622,7 +493,11 @@ impl Bench {
                         None => format!("{:.1}MB", *b as f64 / MB),
                     })
                     .collect();
-                eprintln!("bench:   {:5.1} s  {}", t0.elapsed().as_secs_f64(), line.join("  "));
+                eprintln!(
+                    "bench:   {:5.1} s  {}",
+                    t0.elapsed().as_secs_f64(),
+                    line.join("  ")
+                );
             }
             tokio::time::sleep(self.poll).await;
         }
@@ -630,102 +505,4 @@ impl Bench {
         let https = http.into_iter().flatten().collect();
         Ok((times, first_byte, https))
     }
-}
-
-/// A running server's HTTP API address and first libp2p address (QUIC).
-struct ServerInfo {
-    http: String,
-    addr: String,
-}
-
-/// What `/api/status` says about the local peer.
-struct Progress {
-    verified: usize,
-    bytes: u64,
-}
-
-impl Progress {
-    /// `nodes[0]` is the local peer: its verified shards' sizes plus what it has of the others.
-    fn parse(body: &str) -> Progress {
-        let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-        let me = &v["nodes"][0];
-        let verified: Vec<u64> = me["verified"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_u64).collect())
-            .unwrap_or_default();
-        let size_of = |idx: u64| {
-            v["shards"]
-                .as_array()
-                .and_then(|s| s.iter().find(|e| e["index"].as_u64() == Some(idx)))
-                .and_then(|e| e["size"].as_u64())
-                .unwrap_or(0)
-        };
-        let partial: u64 = me["downloading"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|d| d["have"].as_u64()).sum())
-            .unwrap_or(0);
-        Progress {
-            verified: verified.len(),
-            bytes: verified.iter().map(|&i| size_of(i)).sum::<u64>() + partial,
-        }
-    }
-}
-
-/// Sum of the samples of `name` (whose labels contain `label`, if given) in Prometheus text.
-fn metric(text: &str, name: &str, label: Option<&str>) -> f64 {
-    text.lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            let (labels, value) = match rest.strip_prefix('{') {
-                Some(r) => r.split_once('}')?,
-                None if rest.starts_with(' ') => ("", rest),
-                None => return None,
-            };
-            if label.is_some_and(|l| !labels.contains(l)) {
-                return None;
-            }
-            value.split_whitespace().next()?.parse::<f64>().ok()
-        })
-        .sum()
-}
-
-/// `GET path` over HTTP/1.0 (the server closes after the answer); the body of a 200.
-async fn http_get(addr: &str, path: &str) -> Result<String> {
-    let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await?;
-        let mut buf = Vec::new();
-        s.take(MAX_HTTP_BYTES).read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(buf)
-    };
-    let buf = tokio::time::timeout(HTTP_TIMEOUT, fetch)
-        .await
-        .with_context(|| format!("GET http://{addr}{path} timed out"))?
-        .with_context(|| format!("GET http://{addr}{path}"))?;
-    let text = String::from_utf8(buf).context("non-UTF-8 HTTP answer")?;
-    let (head, body) = text.split_once("\r\n\r\n").context("malformed HTTP answer")?;
-    if !head.lines().next().is_some_and(|l| l.contains(" 200 ")) {
-        bail!("GET http://{addr}{path}: {}", head.lines().next().unwrap_or(""));
-    }
-    Ok(body.to_owned())
-}
-
-fn read_first_line(path: &Path) -> Option<String> {
-    let text = fs::read_to_string(path).ok()?;
-    let line = text.lines().next()?.trim();
-    (!line.is_empty()).then(|| line.to_owned())
-}
-
-fn path_arg(p: &Path) -> String {
-    p.display().to_string()
-}
-
-/// Empties (or creates) `dir`.
-fn fresh_dir(dir: &Path) -> Result<PathBuf> {
-    if dir.exists() {
-        fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
-    }
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir.to_path_buf())
 }

@@ -1,6 +1,7 @@
 //! `shardswarm`: one binary, subcommands (BRIEF §1). Command output goes to stdout, logs and
 //! progress to stderr; errors exit non-zero with a one-line reason.
 
+mod bench_cmd;
 mod fetch_model;
 mod generate_cmd;
 mod logging;
@@ -63,6 +64,8 @@ enum Command {
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
     },
+    /// Benchmarks: `bench distribute` (swarm vs star on loopback, single-stream throughput).
+    Bench(bench_cmd::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Command::Split { model, shards, out } => split_cmd::run(&model, shards, &out),
         Command::Generate(args) => generate_cmd::run(args),
         Command::ExportTorrent { file, output } => torrent_cmd::export(&file, output.as_deref()),
+        Command::Bench(args) => bench_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

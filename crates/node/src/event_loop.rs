@@ -267,11 +267,21 @@ impl EventLoop {
                     .set(self.swarm.connected_peers().count() as i64);
                 if num_established == 0 {
                     debug!(target: "shardswarm::peer", peer = %peer_id, "disconnected");
-                    self.peers.remove(&peer_id);
+                    let gone = self.peers.remove(&peer_id);
                     self.transfer.send(TransferCmd::PeerDown { peer: peer_id });
                     if let RoleState::Server(s) = &mut self.role {
-                        s.assignments.remove(&peer_id);
-                        self.reassign_orphans();
+                        // What the leaver held: its assignment and what it reported loaded.
+                        let mut held = s
+                            .assignments
+                            .remove(&peer_id)
+                            .map(|a| a.shards)
+                            .unwrap_or_default();
+                        held.extend(
+                            gone.and_then(|p| p.status)
+                                .map(|st| st.loaded)
+                                .unwrap_or_default(),
+                        );
+                        self.reassign_orphans(&held);
                         self.check_ready();
                     }
                     if let RoleState::Node(_) = self.role {
@@ -477,20 +487,27 @@ impl EventLoop {
 
     /// This peer's own status.
     pub(crate) fn node_status(&self) -> NodeStatus {
-        let (role, verified) = match &self.role {
+        let (role, verified, loaded, downloading) = match &self.role {
             RoleState::Server(s) => (
                 Role::Server,
                 s.catalog.files.iter().map(|f| f.shard_index).collect(),
+                Vec::new(),
+                Vec::new(),
             ),
-            RoleState::Node(n) => (Role::Node, n.present.clone()),
+            RoleState::Node(n) => (
+                Role::Node,
+                n.present.clone(),
+                n.loaded.clone(),
+                n.downloading.clone(),
+            ),
         };
         NodeStatus {
             peer_id: self.local().to_string(),
             role,
             addresses: self.listen_addrs.iter().map(ToString::to_string).collect(),
-            loaded: Vec::new(),
+            loaded,
             verified,
-            downloading: Vec::new(),
+            downloading,
         }
     }
 

@@ -91,15 +91,22 @@ impl EventLoop {
             .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))
     }
 
-    /// After a holder left: hands every shard nobody holds to the auto node with the fewest.
-    pub(crate) fn reassign_orphans(&mut self) {
+    /// After a holder left: hands every shard of `left` (what it held) that nobody holds any
+    /// more to the auto node with the fewest. Shards nobody was ever given are not orphans: they
+    /// wait for the next REQUEST_SHARDS (nodes joining at the same moment ask after a peer's
+    /// transient connection closed).
+    pub(crate) fn reassign_orphans(&mut self, left: &[u32]) {
         let holders = self.holders(None);
         let RoleState::Server(s) = &mut self.role else {
             return;
         };
         let model_id = s.catalog.model_id.clone();
         let mut changed: Vec<PeerId> = Vec::new();
-        for (i, _) in holders.iter().enumerate().filter(|(_, c)| **c == 0) {
+        let orphans = holders
+            .iter()
+            .enumerate()
+            .filter(|&(i, c)| *c == 0 && left.contains(&(i as u32)));
+        for (i, _) in orphans {
             let live = s
                 .assignments
                 .iter_mut()

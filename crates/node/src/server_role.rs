@@ -217,6 +217,12 @@ impl EventLoop {
             Ok(mut status) if status.peer_id == peer.to_string() => {
                 status.role = Role::Node;
                 if let Some(p) = self.peers.get_mut(&peer) {
+                    // SHARD_LOADED is the authority on loaded/verified: a poll answer may have
+                    // been computed before the node's latest report and arrive after it.
+                    if let Some(old) = &p.status {
+                        status.loaded = old.loaded.clone();
+                        status.verified = old.verified.clone();
+                    }
                     p.status = Some(status);
                 }
                 self.check_ready();

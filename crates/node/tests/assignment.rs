@@ -69,6 +69,9 @@ async fn auto_nodes_tile_the_model_and_a_departed_holders_shards_are_reassigned(
     for s in &status.shards {
         assert_eq!(s.loaded_by, vec![me.clone()], "shard {}", s.index);
     }
+    let own = stayer.handle.node_status().await?;
+    assert_eq!(own.loaded, vec![0, 1, 2, 3]);
+    assert_eq!(own.verified, vec![0, 1, 2, 3]);
     stayer.handle.shutdown().await;
     server.handle.shutdown().await;
     Ok(())

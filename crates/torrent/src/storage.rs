@@ -135,9 +135,14 @@ pub struct PieceStore {
     resume_path: PathBuf,
     file: File,
     have: Bitfield,
+    /// Verified pieces whose data may not be on stable storage yet (subset of `have`).
+    unsynced: Bitfield,
     mode: Mode,
     failed_on_open: Vec<u32>,
 }
+
+/// Verified-but-unsynced pieces that trigger a checkpoint (one fdatasync for all of them).
+const CHECKPOINT_PIECES: u32 = 32;
 
 impl PieceStore {
     /// Opens (or starts) the download of `meta` into `dir` (see the module docs for the files).
@@ -202,7 +207,7 @@ impl PieceStore {
                 .file
                 .sync_all()
                 .map_err(io_err("fsync", &store.part_path))?;
-            store.save_resume()?;
+            store.save_resume(true)?;
             store.failed_on_open = failed;
             return Ok(store);
         }
@@ -234,7 +239,21 @@ impl PieceStore {
                 store.length,
                 count,
             ) {
-                Ok(Some(have)) => store.have = have,
+                Ok(Some(rec)) => {
+                    store.have = rec.synced;
+                    // Recorded but maybe not on disk (power loss): only those are re-hashed.
+                    let mut rechecked = 0u32;
+                    for piece in rec.unsynced.iter_ones() {
+                        if !store.have.get(piece) && store.hash_matches(piece)? {
+                            store.have.set(piece);
+                            rechecked += 1;
+                        }
+                    }
+                    if rec.unsynced.count_ones() > 0 {
+                        tracing::debug!(target: TARGET, rechecked, of = rec.unsynced.count_ones(), "re-hashed unsynced pieces");
+                        store.checkpoint()?;
+                    }
+                }
                 Ok(None) => {}
                 Err(reason) => {
                     tracing::warn!(target: TARGET, path = %store.resume_path.display(), reason, "resume file ignored");
@@ -293,6 +312,7 @@ impl PieceStore {
             resume_path,
             file,
             have: Bitfield::new(meta.piece_count()),
+            unsynced: Bitfield::new(meta.piece_count()),
             mode,
             failed_on_open: Vec::new(),
         }
@@ -370,8 +390,10 @@ impl PieceStore {
         write_all_at(&self.file, data, at).map_err(io_err("write", &self.part_path))
     }
 
-    /// Hashes piece `piece` from disk; on a match syncs the data, then records the piece in the
-    /// resume file. Returns whether it matched (a mismatch records nothing).
+    /// Hashes piece `piece` from disk; on a match records it in the resume file as unsynced
+    /// (re-hashed if the process dies before the next checkpoint) and, every
+    /// `CHECKPOINT_PIECES` pieces or when complete, makes all of them durable with one
+    /// fdatasync. Returns whether it matched (a mismatch records nothing).
     pub fn verify_piece(&mut self, piece: u32) -> Result<bool, StorageError> {
         if piece >= self.piece_count() {
             return Err(StorageError::NoSuchPiece {
@@ -386,15 +408,37 @@ impl PieceStore {
             tracing::debug!(target: TARGET, piece, "piece hash mismatch");
             return Ok(false);
         }
-        self.file
-            .sync_data()
-            .map_err(io_err("fdatasync", &self.part_path))?;
         self.have.set(piece);
-        if let Err(e) = self.save_resume() {
+        self.unsynced.set(piece);
+        let saved = if self.unsynced.count_ones() >= CHECKPOINT_PIECES || self.is_complete() {
+            self.checkpoint()
+        } else {
+            self.save_resume(false)
+        };
+        if let Err(e) = saved {
             self.have.clear(piece);
+            self.unsynced.clear(piece);
             return Err(e);
         }
         Ok(true)
+    }
+
+    /// Makes every verified piece durable: one fdatasync of the data, then the resume file
+    /// (fsynced) records them as synced. Called every few pieces by `verify_piece`; call it
+    /// when a download pauses or the process stops.
+    pub fn checkpoint(&mut self) -> Result<(), StorageError> {
+        if self.mode != Mode::Partial {
+            return Ok(());
+        }
+        self.file
+            .sync_data()
+            .map_err(io_err("fdatasync", &self.part_path))?;
+        let pending = std::mem::replace(&mut self.unsynced, Bitfield::new(self.have.len()));
+        if let Err(e) = self.save_resume(true) {
+            self.unsynced = pending;
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn hash_matches(&self, piece: u32) -> Result<bool, StorageError> {
@@ -456,13 +500,22 @@ impl PieceStore {
         Ok(self.final_path.clone())
     }
 
-    fn save_resume(&self) -> Result<(), StorageError> {
+    fn save_resume(&self, durable: bool) -> Result<(), StorageError> {
+        let mut synced = self.have.clone();
+        for piece in self.unsynced.iter_ones() {
+            synced.clear(piece);
+        }
+        let rec = resume::Recorded {
+            synced,
+            unsynced: self.unsynced.clone(),
+        };
         resume::save(
             &self.resume_path,
             self.info_hash,
             self.piece_length,
             self.length,
-            &self.have,
+            &rec,
+            durable,
         )
         .map_err(io_err("write resume", &self.resume_path))
     }

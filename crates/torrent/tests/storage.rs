@@ -298,3 +298,31 @@ fn seed_serves_blocks_of_a_complete_file() {
         Err(StorageError::WrongLength { .. })
     ));
 }
+
+#[test]
+fn unsynced_pieces_are_rehashed_on_reopen_and_lost_data_is_not_trusted() {
+    // Three verified pieces, no checkpoint yet (fewer than the checkpoint count): the resume
+    // file records them as unsynced. Simulate a power loss that kept the resume file but not
+    // piece 1's data: on reopen piece 1 is re-hashed and dropped, the others kept.
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(6 * PIECE as usize, 9);
+    let m = meta("f.bin", &bytes);
+    {
+        let mut store = PieceStore::open(dir.path(), &m, false).unwrap();
+        for i in [0, 1, 2] {
+            write_piece(&mut store, &bytes, i);
+            assert!(store.verify_piece(i).unwrap());
+        }
+    }
+    let part = dir.path().join("f.bin.part");
+    let mut on_disk = fs::read(&part).unwrap();
+    on_disk[PIECE as usize..2 * PIECE as usize].fill(0);
+    fs::write(&part, &on_disk).unwrap();
+    let store = PieceStore::open(dir.path(), &m, false).unwrap();
+    let kept: Vec<u32> = store.have().iter_ones().collect();
+    assert_eq!(kept, vec![0, 2]);
+    // After the reopen the survivors were checkpointed: a second reopen trusts them as synced.
+    drop(store);
+    let store = PieceStore::open(dir.path(), &m, false).unwrap();
+    assert_eq!(store.have().iter_ones().collect::<Vec<_>>(), vec![0, 2]);
+}

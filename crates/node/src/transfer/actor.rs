@@ -46,13 +46,28 @@ struct Torrent {
 }
 
 /// A remote's download stream to us.
-#[derive(Clone)]
 struct Inbound {
     /// Control frames.
     tx: mpsc::Sender<Frame>,
     /// Blocks (its upload slot).
     blocks: mpsc::Sender<Frame>,
+    /// Blocks handed to the writer and not yet written (at most `BLOCK_QUEUE`).
+    queued: usize,
+    /// Accepted requests waiting for the slot, in arrival order.
+    waiting: std::collections::VecDeque<Waiting>,
 }
+
+/// A request waiting for its downloader's upload slot.
+struct Waiting {
+    id: u64,
+    info_hash: InfoHash,
+    piece: u32,
+    offset: u32,
+    length: u32,
+}
+
+/// Requests a downloader may have waiting before further ones are rejected as busy.
+const MAX_WAITING: usize = 256;
 
 struct Actor {
     control: libp2p_stream::Control,

@@ -44,6 +44,8 @@ pub(crate) enum Link {
 pub(crate) enum ConnMsg {
     /// Our outbound stream is up (Hello exchanged).
     OutReady { peer: PeerId },
+    /// A block of inbound stream `id` was written: its upload slot has room again.
+    BlockSent { id: u64 },
     /// An inbound stream is up; control frames for it go to `tx`, blocks to `blocks`.
     InReady {
         peer: PeerId,
@@ -314,6 +316,11 @@ impl Pump<'_> {
                 }
                 if let (Some(m), true) = (self.uploads, len > 0) {
                     m.uploaded(len as u64);
+                }
+                if let (Link::In(id), Frame::Piece { .. }) = (link, &frame) {
+                    if to_actor.send(ConnMsg::BlockSent { id }).await.is_err() {
+                        return "transfer service stopped".to_owned();
+                    }
                 }
             }
             let _ = writer.close().await;

@@ -10,8 +10,9 @@ use shardswarm_torrent::metainfo::Metainfo;
 use shardswarm_torrent::wire::Frame;
 use tracing::{debug, info, warn};
 
-use super::{Actor, Inbound, MAX_BLOCK, REJECT_BUSY, REJECT_DONT_HAVE};
+use super::{Actor, Inbound, MAX_BLOCK, MAX_WAITING, REJECT_BUSY, REJECT_DONT_HAVE, Waiting};
 use crate::transfer::TransferEvent;
+use crate::transfer::conn::BLOCK_QUEUE;
 use crate::transfer::conn::{ConnMsg, Link};
 
 impl Actor {
@@ -30,7 +31,21 @@ impl Actor {
                 if self.banned.contains(&peer) {
                     return;
                 }
-                self.inbound.insert(id, Inbound { tx, blocks });
+                self.inbound.insert(
+                    id,
+                    Inbound {
+                        tx,
+                        blocks,
+                        queued: 0,
+                        waiting: Default::default(),
+                    },
+                );
+            }
+            ConnMsg::BlockSent { id } => {
+                if let Some(inb) = self.inbound.get_mut(&id) {
+                    inb.queued = inb.queued.saturating_sub(1);
+                }
+                self.serve_waiting(id);
             }
             ConnMsg::Closed { peer, link, reason } => {
                 debug!(target: "shardswarm::pieces", %peer, ?link, reason, "piece stream closed");
@@ -221,7 +236,7 @@ impl Actor {
 
     /// A frame from a remote downloading from us.
     fn on_upload_frame(&mut self, peer: PeerId, conn: u64, frame: Frame) {
-        let Some(Inbound { tx, blocks, .. }) = self.inbound.get(&conn).cloned() else {
+        let Some(tx) = self.inbound.get(&conn).map(|i| i.tx.clone()) else {
             return;
         };
         let reply = match frame {
@@ -253,47 +268,93 @@ impl Actor {
                 offset,
                 length,
             } => {
-                let store = self.torrents.get(&info_hash).and_then(|t| t.store.as_ref());
-                match store {
-                    Some(store) if length <= MAX_BLOCK && store.have().get(piece) => {
-                        if blocks.capacity() == 0 {
-                            Frame::Reject {
-                                id,
-                                reason: REJECT_BUSY,
-                            }
-                        } else {
-                            match store.read_block(piece, offset, length) {
-                                Ok(data) => match blocks.try_send(Frame::Piece {
-                                    id,
-                                    data: data.into(),
-                                }) {
-                                    Ok(()) => return,
-                                    Err(_) => Frame::Reject {
-                                        id,
-                                        reason: REJECT_BUSY,
-                                    },
-                                },
-                                Err(_) => Frame::Reject {
-                                    id,
-                                    reason: REJECT_DONT_HAVE,
-                                },
-                            }
-                        }
-                    }
-                    _ => Frame::Reject {
+                let servable = self
+                    .torrents
+                    .get(&info_hash)
+                    .and_then(|t| t.store.as_ref())
+                    .is_some_and(|s| length <= MAX_BLOCK && s.have().get(piece));
+                let Some(inb) = self.inbound.get_mut(&conn) else {
+                    return;
+                };
+                if !servable {
+                    Frame::Reject {
                         id,
                         reason: REJECT_DONT_HAVE,
-                    },
+                    }
+                } else if inb.waiting.len() >= MAX_WAITING {
+                    Frame::Reject {
+                        id,
+                        reason: REJECT_BUSY,
+                    }
+                } else {
+                    inb.waiting.push_back(Waiting {
+                        id,
+                        info_hash,
+                        piece,
+                        offset,
+                        length,
+                    });
+                    self.serve_waiting(conn);
+                    return;
                 }
             }
-            Frame::Cancel { .. } | Frame::Hello { .. } => return,
+            Frame::Cancel { id } => {
+                if let Some(inb) = self.inbound.get_mut(&conn) {
+                    inb.waiting.retain(|w| w.id != id);
+                }
+                return;
+            }
+            Frame::Hello { .. } => return,
             other => {
                 debug!(target: "shardswarm::pieces", %peer, ?other, "unexpected frame on upload stream");
                 return;
             }
         };
         if tx.try_send(reply).is_err() {
-            debug!(target: "shardswarm::pieces", %peer, "upload queue full; frame dropped");
+            debug!(target: "shardswarm::pieces", %peer, "control queue full; frame dropped");
+        }
+    }
+
+    /// Moves waiting requests of inbound stream `conn` into its upload slot while there is room.
+    fn serve_waiting(&mut self, conn: u64) {
+        loop {
+            let Some(inb) = self.inbound.get_mut(&conn) else {
+                return;
+            };
+            if inb.queued >= BLOCK_QUEUE {
+                return;
+            }
+            let Some(w) = inb.waiting.pop_front() else {
+                return;
+            };
+            let block = self
+                .torrents
+                .get(&w.info_hash)
+                .and_then(|t| t.store.as_ref())
+                .map(|s| s.read_block(w.piece, w.offset, w.length));
+            let frame = match block {
+                Some(Ok(data)) => Frame::Piece {
+                    id: w.id,
+                    data: data.into(),
+                },
+                _ => Frame::Reject {
+                    id: w.id,
+                    reason: REJECT_DONT_HAVE,
+                },
+            };
+            let Some(inb) = self.inbound.get_mut(&conn) else {
+                return;
+            };
+            match frame {
+                Frame::Piece { .. } => {
+                    if inb.blocks.try_send(frame).is_ok() {
+                        inb.queued += 1;
+                    }
+                }
+                reject => {
+                    let _ = inb.tx.try_send(reject);
+                }
+            }
         }
     }
 
