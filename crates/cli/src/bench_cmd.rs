@@ -16,6 +16,7 @@ mod procs;
 mod raw;
 mod report;
 
+use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -364,7 +365,7 @@ impl Bench {
     ) -> Result<ServerInfo> {
         let data = dir.join("server");
         fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
-        let mut args: Vec<String> = vec![
+        let mut args: Vec<OsString> = vec![
             "server".into(),
             "--shards-dir".into(),
             path_arg(&self.shards_dir),
@@ -378,7 +379,7 @@ impl Bench {
             "127.0.0.1:0".into(),
         ];
         if let Some(cap) = cap {
-            args.extend(["--upload-limit".into(), cap.to_string()]);
+            args.extend(["--upload-limit".into(), cap.to_string().into()]);
         }
         procs.spawn("server", &self.bin, &args, dir.join("server.log"))?;
         let deadline = Instant::now() + SERVER_START_TIMEOUT;
@@ -420,10 +421,10 @@ impl Bench {
         }
         let t0 = Instant::now();
         for (i, d) in data.iter().enumerate() {
-            let mut args: Vec<String> = vec![
+            let mut args: Vec<OsString> = vec![
                 "node".into(),
                 "--server".into(),
-                server.addr.clone(),
+                server.addr.clone().into(),
                 "--data-dir".into(),
                 path_arg(d),
                 "--shards".into(),

@@ -376,7 +376,10 @@ pub(crate) fn run(args: InferArgs) -> Result<()> {
     for name in &args.models {
         let name = name.trim().to_ascii_lowercase();
         if name == "default" {
-            models.push(("default (SmolLM2-135M Q4_1)".to_string(), default_model(&args)?));
+            models.push((
+                "default (SmolLM2-135M Q4_1)".to_string(),
+                default_model(&args)?,
+            ));
         } else if let Some(q) = synth_quant(&name) {
             let path = synth_model(&args.models_dir, &name, q)?;
             models.push((format!("synthetic 1.1B {q:?}"), path));
@@ -411,7 +414,9 @@ mod tests {
         );
         assert_eq!(parse_stats_line("loading model"), None);
         assert_eq!(
-            parse_stats_line("prefill: 1 tok in 0.000 s (0.0 tok/s), decode: 1 tok in 1 s (1 tok/s)"),
+            parse_stats_line(
+                "prefill: 1 tok in 0.000 s (0.0 tok/s), decode: 1 tok in 1 s (1 tok/s)"
+            ),
             None,
             "zero time must not give an infinite rate"
         );

@@ -18,7 +18,7 @@ pub(crate) fn init(format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info,libp2p=warn,libp2p_swarm=warn,libp2p_kad=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::progress::LogWriter)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal());
     match format {

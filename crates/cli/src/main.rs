@@ -6,6 +6,7 @@ mod fetch_model;
 mod generate_cmd;
 mod logging;
 mod peer_cmd;
+mod progress;
 mod split_cmd;
 mod status_cmd;
 mod torrent_cmd;

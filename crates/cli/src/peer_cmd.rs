@@ -204,7 +204,12 @@ pub(crate) fn run_node(args: NodeArgs) -> Result<()> {
     let rt = runtime()?;
     let result = rt.block_on(async move {
         let handle = shardswarm_node::start_node(cfg).await?.handle;
-        serve_until_signal(handle, args.http, args.data_dir).await
+        let bars = crate::progress::Bars::start(handle.clone());
+        let result = serve_until_signal(handle, args.http, args.data_dir).await;
+        if let Some(bars) = bars {
+            bars.stop().await;
+        }
+        result
     });
     rt.shutdown_timeout(Duration::from_millis(100));
     result

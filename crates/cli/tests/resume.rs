@@ -415,19 +415,38 @@ fn partial_have(st: &Value) -> u64 {
         .unwrap_or(0)
 }
 
-/// What the killed node left on disk: per shard, the bytes of the pieces recorded as verified
-/// (read through the torrent crate's own store, which neither writes nor truncates an existing
-/// `.part` of the right length) and the number of those pieces.
-fn on_disk(manifest: &Manifest, shards_dir: &Path, dir: &Path) -> Result<Vec<(u64, u32)>> {
+/// What the killed node left on disk: per shard, the bytes of the pieces its store resumes
+/// with, and their number. Read through the torrent crate's own store, opened on a copy of the
+/// files (opening may re-hash pieces recorded before their fsync and checkpoint them; that must
+/// stay the restarted node's own work).
+fn on_disk(
+    manifest: &Manifest,
+    shards_dir: &Path,
+    dir: &Path,
+    scratch: &Path,
+) -> Result<Vec<(u64, u32)>> {
+    std::fs::create_dir_all(scratch)?;
     let mut out = Vec::new();
     for s in &manifest.shards {
-        let part = dir.join(format!("{}.part", s.filename));
-        if !part.is_file() && !dir.join(&s.filename).is_file() {
+        let names = [
+            s.filename.clone(),
+            format!("{}.part", s.filename),
+            format!("{}.resume", s.filename),
+        ];
+        let mut any = false;
+        for name in &names {
+            if dir.join(name).is_file() {
+                std::fs::copy(dir.join(name), scratch.join(name))
+                    .with_context(|| format!("copying {name}"))?;
+                any = true;
+            }
+        }
+        if !any {
             out.push((0, 0));
             continue;
         }
         let meta = Metainfo::from_file(&shards_dir.join(&s.filename), &s.filename, None)?;
-        let store = PieceStore::open(dir, &meta, false)?;
+        let store = PieceStore::open(scratch, &meta, false)?;
         let have = store.have();
         let bytes = (0..meta.piece_count())
             .filter(|&p| have.get(p))
@@ -473,6 +492,9 @@ fn a_killed_node_resumes_without_refetching_verified_pieces() {
             held_before < total,
             "download finished before the kill; nothing to resume"
         );
+        let final_before: Vec<bool> = (0..sizes.len())
+            .map(|i| model_dir.join(format!("shard-{i}.gguf")).is_file())
+            .collect();
         let partial: Vec<usize> = (0..sizes.len())
             .filter(|&i| model_dir.join(format!("shard-{i}.gguf.part")).is_file())
             .collect();
@@ -486,7 +508,12 @@ fn a_killed_node_resumes_without_refetching_verified_pieces() {
                 before[*i]
             );
         }
-        let disk = on_disk(&manifest, &root.join("shards"), &model_dir)?;
+        let disk = on_disk(
+            &manifest,
+            &root.join("shards"),
+            &model_dir,
+            &root.join("scratch"),
+        )?;
         let resumed: u64 = disk.iter().map(|d| d.0).sum();
         for (i, (bytes, _)) in disk.iter().enumerate() {
             ensure!(
@@ -550,9 +577,7 @@ fn a_killed_node_resumes_without_refetching_verified_pieces() {
             Some((field("shard=")?, field("pieces=")?))
         });
         for (i, (_, pieces)) in disk.iter().enumerate() {
-            let complete_before =
-                !model_dir.join(format!("shard-{i}.gguf.part")).exists() && before[i] == sizes[i];
-            if *pieces == 0 || complete_before {
+            if *pieces == 0 || final_before[i] {
                 continue;
             }
             ensure!(
@@ -561,11 +586,15 @@ fn a_killed_node_resumes_without_refetching_verified_pieces() {
             );
         }
 
-        // The bound: the restarted process must fetch exactly the pieces not recorded on disk
-        // (`total - resumed`). A piece is the unit of verification, so a piece whose bytes had
-        // arrived but whose record was not yet fsynced at the kill is fetched again whole; the
-        // issue allows at most one such piece per shard in flight, hence `+ shards × piece`.
-        // With a single source (the server) there are no endgame duplicates to excuse more.
+        // The bound. `resumed` is what the store resumes with after the kill, and it covers
+        // everything the status showed verified before (checked above), so the restarted process
+        // needs exactly `total - resumed` bytes. A piece is the unit of verification: bytes of a
+        // piece that had not been verified and recorded when the process died are fetched again
+        // whole, and the issue tolerates less than one piece per shard in flight being fetched
+        // again (a block re-requested after the reconnect, a duplicate), hence
+        // `+ shards × piece_length`. With a single source (the server) there is no endgame
+        // duplication between peers to excuse more; re-fetching any resumed piece, or starting
+        // a shard over, exceeds the bound by at least a piece.
         let got = downloaded_bytes(&http)?;
         let bound = (total - resumed) + sizes.len() as u64 * piece_len;
         eprintln!(

@@ -39,6 +39,8 @@ pub(crate) enum Pending {
     NodeStatus,
     /// REQUEST_SHARDS (an auto node asking the server).
     Assignment,
+    /// SHARD_LOADED (a node reporting to the server).
+    Report,
     /// A notification whose answer is only logged.
     Notify,
 }
@@ -458,6 +460,7 @@ impl EventLoop {
                 Some(Pending::Sync) => self.on_sync_response(peer, &response),
                 Some(Pending::NodeStatus) => self.on_node_status_response(peer, &response),
                 Some(Pending::Assignment) => self.on_assignment_response(peer, &response),
+                Some(Pending::Report) => self.on_report_done(true),
                 Some(Pending::Notify) | None => {}
             },
             RrEvent::OutboundFailure {
@@ -475,6 +478,7 @@ impl EventLoop {
                         }));
                     }
                     Some(Pending::Sync) => self.on_sync_failed(peer, &error.to_string()),
+                    Some(Pending::Report) => self.on_report_done(false),
                     _ => {}
                 }
             }

@@ -38,6 +38,10 @@ pub(crate) struct NodeState {
     pub(crate) downloading: Vec<shardswarm_proto::DownloadProgress>,
     /// Info-hashes of the shards being fetched.
     pub(crate) fetching: Vec<shardswarm_proto::InfoHash>,
+    /// A SHARD_LOADED is on its way to the server.
+    pub(crate) report_in_flight: bool,
+    /// What it carries is out of date: send again when it is answered.
+    pub(crate) report_dirty: bool,
     /// Shards the server assigned under `--shards auto`.
     pub(crate) assigned: Option<Vec<u32>>,
     /// Set when the server announced CATALOG_CHANGED.
@@ -62,6 +66,8 @@ impl NodeState {
             downloading: Vec::new(),
             assigned: None,
             fetching: Vec::new(),
+            report_in_flight: false,
+            report_dirty: false,
             resync: false,
             backoff: Duration::from_secs(1),
             redial_at: Some(Instant::now()),
@@ -468,8 +474,28 @@ impl EventLoop {
             loaded: n.loaded.clone(),
             verified: n.present.clone(),
         };
-        if self.swarm.is_connected(&server) {
-            self.send_command(server, Command::ShardLoaded(params), Pending::Notify, false);
+        if !self.swarm.is_connected(&server) {
+            return;
+        }
+        let Some(n) = self.node() else { return };
+        // One report in flight at a time: each carries the whole list, so two on separate
+        // streams could arrive out of order and an older list overwrite a newer one.
+        if n.report_in_flight {
+            n.report_dirty = true;
+            return;
+        }
+        n.report_in_flight = true;
+        n.report_dirty = false;
+        self.send_command(server, Command::ShardLoaded(params), Pending::Report, false);
+    }
+
+    /// The server answered (or failed to answer) a SHARD_LOADED: send the latest list if it
+    /// changed meanwhile or the report was lost.
+    pub(crate) fn on_report_done(&mut self, delivered: bool) {
+        let Some(n) = self.node() else { return };
+        n.report_in_flight = false;
+        if n.report_dirty || !delivered {
+            self.report_loaded();
         }
     }
 

@@ -152,6 +152,10 @@ struct Request<P> {
 struct PeerState {
     in_flight: usize,
     slots: usize,
+    /// Upper bound of `slots` for this peer (`limit_peer`).
+    cap: usize,
+    /// Whether endgame duplicates may go to this peer.
+    duplicates: bool,
     reject_streak: u32,
     backoff_pending: bool,
     blocked_until: Option<Instant>,
@@ -227,6 +231,8 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Download<P> {
             PeerState {
                 in_flight: 0,
                 slots: self.config.max_in_flight_per_peer,
+                cap: self.config.max_in_flight_per_peer,
+                duplicates: true,
                 reject_streak: 0,
                 backoff_pending: false,
                 blocked_until: None,
@@ -234,6 +240,17 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Download<P> {
         );
         self.picker
             .peer_bitfield(peer, Bitfield::new(self.picker.layout().piece_count));
+    }
+
+    /// Caps the requests in flight to `peer` at `max_in_flight` (at least 1) and, unless
+    /// `duplicates`, sends it no endgame duplicates: for an expensive source such as a seed
+    /// whose uplink everyone shares, so pieces other peers have come from them.
+    pub fn limit_peer(&mut self, peer: P, max_in_flight: usize, duplicates: bool) {
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.cap = max_in_flight.clamp(1, self.config.max_in_flight_per_peer.max(1));
+            state.slots = state.slots.min(state.cap);
+            state.duplicates = duplicates;
+        }
     }
 
     /// The peer's (new) bitfield; ignored for unknown peers or a wrong length.
@@ -303,7 +320,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Download<P> {
         if let Some(state) = self.peers.get_mut(&peer) {
             state.reject_streak = 0;
             if on_time {
-                state.slots = (state.slots + 1).min(self.config.max_in_flight_per_peer);
+                state.slots = (state.slots + 1).min(state.cap);
             }
         }
         let piece_complete = self.picker.mark_received(req.block);
@@ -491,6 +508,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Download<P> {
             let Some(pick) = self.picker.pick(peer, &mut self.rng, asked) else {
                 continue;
             };
+            if pick.duplicate && !state.duplicates {
+                continue;
+            }
             let Some((offset, length)) = self.picker.layout().block_range(pick.block) else {
                 continue;
             };

@@ -1,6 +1,7 @@
 //! Child processes and the bits of HTTP the bench needs to watch them: a kill-on-drop process
 //! guard, `GET` over HTTP/1.0, the status document's progress and Prometheus samples.
 
+use std::ffi::OsString;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -28,7 +29,7 @@ impl Procs {
         &mut self,
         name: &str,
         bin: &Path,
-        args: &[String],
+        args: &[OsString],
         log: PathBuf,
     ) -> Result<()> {
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
@@ -162,8 +163,9 @@ pub(super) fn read_first_line(path: &Path) -> Option<String> {
     (!line.is_empty()).then(|| line.to_owned())
 }
 
-pub(super) fn path_arg(p: &Path) -> String {
-    p.display().to_string()
+/// A path as a command-line argument (not necessarily UTF-8).
+pub(super) fn path_arg(p: &Path) -> OsString {
+    p.as_os_str().to_owned()
 }
 
 /// Empties (or creates) `dir`.

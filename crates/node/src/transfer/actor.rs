@@ -84,6 +84,8 @@ struct Actor {
     by_engine: HashMap<(InfoHash, u64), u64>,
     next_wire: u64,
     banned: HashSet<PeerId>,
+    /// Peers whose download stream failed, and when to try again.
+    retry_out: HashMap<PeerId, Instant>,
     last_progress: Instant,
     server_only: bool,
 }
@@ -121,6 +123,7 @@ pub(crate) fn spawn(
         by_engine: HashMap::new(),
         next_wire: 0,
         banned: HashSet::new(),
+        retry_out: HashMap::new(),
         last_progress: Instant::now(),
         server_only: config.server_only,
     };
@@ -139,6 +142,7 @@ impl Actor {
                 .torrents
                 .values()
                 .filter_map(|t| t.download.as_ref().and_then(Download::poll_timeout))
+                .chain(self.retry_out.values().copied())
                 .min();
             let sleep = async {
                 match deadline {
@@ -159,6 +163,7 @@ impl Actor {
                             d.handle_timeout(now);
                         }
                     }
+                    self.retry_streams(now);
                 }
             }
             self.drive();
@@ -308,12 +313,11 @@ impl Actor {
             info!(target: "shardswarm::pieces", shard = t.entry.shard_index, pieces = have.count_ones(),
                 of = meta.piece_count(), "resuming with verified pieces");
         }
-        let download = Download::new(
-            &meta,
-            have,
-            DownloadConfig::default(),
-            u64::from(t.entry.shard_index),
-        );
+        // A different tie-break order on every node: with one seed everywhere, every node would
+        // ask the server for the same "rarest" pieces first and the server would send them N times.
+        let seed =
+            std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), ih.0);
+        let download = Download::new(&meta, have, DownloadConfig::default(), seed);
         t.meta = Some(meta);
         t.store = Some(store);
         t.download = Some(download);
@@ -321,6 +325,27 @@ impl Actor {
         let complete = t.download.as_ref().is_some_and(Download::is_complete);
         if complete {
             self.finish(ih);
+        }
+    }
+
+    /// Reopens download streams that failed, once their back-off passed, while there is still
+    /// something to fetch.
+    fn retry_streams(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .retry_out
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        let active = self
+            .torrents
+            .values()
+            .any(|t| t.meta.is_none() || t.download.as_ref().is_some_and(|d| !d.is_complete()));
+        for peer in due {
+            self.retry_out.remove(&peer);
+            if active && self.peers.contains_key(&peer) {
+                self.ensure_out(peer);
+            }
         }
     }
 

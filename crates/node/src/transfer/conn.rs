@@ -317,10 +317,10 @@ impl Pump<'_> {
                 if let (Some(m), true) = (self.uploads, len > 0) {
                     m.uploaded(len as u64);
                 }
-                if let (Link::In(id), Frame::Piece { .. }) = (link, &frame) {
-                    if to_actor.send(ConnMsg::BlockSent { id }).await.is_err() {
-                        return "transfer service stopped".to_owned();
-                    }
+                if let (Link::In(id), Frame::Piece { .. }) = (link, &frame)
+                    && to_actor.send(ConnMsg::BlockSent { id }).await.is_err()
+                {
+                    return "transfer service stopped".to_owned();
                 }
             }
             let _ = writer.close().await;

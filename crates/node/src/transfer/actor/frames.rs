@@ -13,6 +13,9 @@ use tracing::{debug, info, warn};
 use super::{Actor, Inbound, MAX_BLOCK, MAX_WAITING, REJECT_BUSY, REJECT_DONT_HAVE, Waiting};
 use crate::transfer::TransferEvent;
 use crate::transfer::conn::BLOCK_QUEUE;
+
+/// Requests in flight to the server per download.
+const SERVER_IN_FLIGHT: usize = 8;
 use crate::transfer::conn::{ConnMsg, Link};
 
 impl Actor {
@@ -53,6 +56,10 @@ impl Actor {
                     Link::Out => {
                         self.out.remove(&peer);
                         self.out_ready.remove(&peer);
+                        if self.peers.contains_key(&peer) && !self.banned.contains(&peer) {
+                            let wait = std::time::Duration::from_secs(1);
+                            self.retry_out.insert(peer, Instant::now() + wait);
+                        }
                         for t in self.torrents.values_mut() {
                             t.asked.remove(&peer);
                             if let Some(d) = &mut t.download {
@@ -86,6 +93,7 @@ impl Actor {
         let now = Instant::now();
         match frame {
             Frame::Bitfield { info_hash, bits } => {
+                let is_server = self.peers.get(&peer).copied().unwrap_or(false);
                 let Some(d) = self.torrents.get_mut(&info_hash).and_then(|t| {
                     let n = t.meta.as_ref()?.piece_count();
                     Some((t.download.as_mut()?, n))
@@ -96,6 +104,11 @@ impl Actor {
                 match Bitfield::from_bytes(&bits, n) {
                     Ok(bits) => {
                         download.add_peer(peer, now);
+                        if is_server {
+                            // The server's uplink is shared by every node: ask it for few blocks
+                            // at a time and no endgame duplicates, so what peers have comes from them.
+                            download.limit_peer(peer, SERVER_IN_FLIGHT, false);
+                        }
                         download.peer_bitfield(peer, bits);
                     }
                     Err(e) => self.ban(peer, format!("bad bitfield: {e}")),
