@@ -67,6 +67,8 @@ enum BenchCommand {
     /// Swarm vs star distribution of a split model on loopback, and single-stream throughput.
     #[command(long_about = DISTRIBUTE_ABOUT)]
     Distribute(DistributeArgs),
+    /// Prefill and decode tokens/s of the whole model in one process against llama.cpp.
+    Infer(crate::bench_infer::InferArgs),
     /// The receiving end of the raw-stream baseline (started by `distribute`).
     #[command(hide = true)]
     RawSink(raw::SinkArgs),
@@ -109,6 +111,9 @@ struct DistributeArgs {
 
 /// Runs `shardswarm bench …`.
 pub(crate) fn run(args: BenchArgs) -> Result<()> {
+    if let BenchCommand::Infer(a) = args.command {
+        return crate::bench_infer::run(a);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -120,8 +125,14 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
                 r = distribute(a) => r,
                 () = interrupted() => bail!("interrupted; child processes killed"),
             },
+            BenchCommand::Infer(_) => unreachable_infer(),
         }
     })
+}
+
+/// `bench infer` is dispatched before the runtime starts.
+fn unreachable_infer() -> Result<()> {
+    bail!("bench infer runs outside the async runtime")
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -19,8 +19,10 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::quantized::GgmlDType;
-use shardswarm_model::GgufTokenizer;
+use shardswarm_model::gguf::Value;
 use shardswarm_model::synth::{SynthSpec, write_synth_model};
+use shardswarm_model::{GgufFile, GgufTokenizer, GgufWriter};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -121,24 +123,55 @@ fn default_model(args: &InferArgs) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The synthetic model file for `quant`, written once (to a temporary name, then renamed).
+/// The synthetic model file for `quant`, written once (to temporary names, then renamed).
 fn synth_model(dir: &Path, name: &str, quant: GgmlDType) -> Result<PathBuf> {
-    let path = dir.join(format!("synth-1.1b-v1-{name}.gguf"));
+    let path = dir.join(format!("synth-1.1b-v2-{name}.gguf"));
     if path.is_file() {
         return Ok(path);
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let raw = path.with_extension("gguf.raw");
     let tmp = path.with_extension("gguf.partial");
     eprintln!(
         "writing synthetic model {} (one-off, cached)…",
         path.display()
     );
     let t = Instant::now();
-    write_synth_model(&tmp, &synth_spec(quant))
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    write_synth_model(&raw, &synth_spec(quant))
+        .with_context(|| format!("cannot write {}", raw.display()))?;
+    with_llama_cpp_pre_tokenizer(&raw, &tmp)?;
+    std::fs::remove_file(&raw).with_context(|| format!("cannot remove {}", raw.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot rename to {}", path.display()))?;
     eprintln!("  written in {:.0} s", t.elapsed().as_secs_f64());
     Ok(path)
+}
+
+/// Copies the GGUF `src` to `dst` with `tokenizer.ggml.pre = "gpt2"` renamed `"default"`:
+/// llama.cpp refuses the name `gpt2` ("unknown pre-tokenizer type"), and `default` means the
+/// same GPT-2 byte-level pre-tokenizer to it and to our tokenizer. Tensors are copied as is.
+fn with_llama_cpp_pre_tokenizer(src: &Path, dst: &Path) -> Result<()> {
+    let g = GgufFile::open(src).with_context(|| format!("cannot read {}", src.display()))?;
+    let mut w = GgufWriter::new();
+    for (key, value) in g.metadata() {
+        let value = match value {
+            Value::String(s) if key == "tokenizer.ggml.pre" && s.as_slice() == b"gpt2" => {
+                Value::string("default")
+            }
+            v => v.clone(),
+        };
+        w.push_metadata(key.clone(), value);
+    }
+    for t in g.tensors() {
+        w.copy_tensor(t.name.clone(), &g, t);
+    }
+    let file =
+        std::fs::File::create(dst).with_context(|| format!("cannot create {}", dst.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    w.write(&mut out)
+        .with_context(|| format!("cannot write {}", dst.display()))?;
+    out.flush()
+        .with_context(|| format!("cannot write {}", dst.display()))?;
+    Ok(())
 }
 
 /// Text that the model's tokenizer turns into exactly `n` tokens (BOS included when the model
@@ -327,9 +360,9 @@ fn bench_model(
 
 /// The result table (Markdown).
 fn render_table(rows: &[Row], args: &InferArgs) -> String {
-    let mut s = format!(
+    let mut s = String::from(
         "| model | prefill ours (tok/s) | prefill llama.cpp | ratio | decode ours (tok/s) | \
-         decode llama.cpp | ratio |\n|---|---:|---:|---:|---:|---:|---:|\n"
+         decode llama.cpp | ratio |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         s.push_str(&format!(

@@ -2,6 +2,7 @@
 //! progress to stderr; errors exit non-zero with a one-line reason.
 
 mod bench_cmd;
+mod bench_infer;
 mod fetch_model;
 mod generate_cmd;
 mod logging;
