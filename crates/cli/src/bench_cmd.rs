@@ -123,7 +123,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
             BenchCommand::RawSink(a) => raw::run_sink(a).await,
             BenchCommand::Distribute(a) => tokio::select! {
                 r = distribute(a) => r,
-                () = interrupted() => bail!("interrupted; child processes killed"),
+                () = crate::peer_cmd::shutdown_signal() => bail!("interrupted; child processes killed"),
             },
             BenchCommand::Infer(_) => unreachable_infer(),
         }
@@ -133,28 +133,6 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
 /// `bench infer` is dispatched before the runtime starts.
 fn unreachable_infer() -> Result<()> {
     bail!("bench infer runs outside the async runtime")
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn interrupted() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }
 
 /// Settings shared by every run.

@@ -1,31 +1,15 @@
 //! `generate` behaviour through the library: stats, stopping rules, context limits, streaming.
 
-use anyhow::{Context, Result, bail};
+mod common;
+use anyhow::Result;
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
+use common::default_model;
 use shardswarm_model::synth::{SynthSpec, write_synth_model};
 use shardswarm_model::{
     GenerateError, GenerateOptions, Generator, SamplerConfig, Stage, StageError, StopReason,
 };
 use std::path::PathBuf;
-
-fn default_model() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("SHARDSWARM_MODEL") {
-        return Ok(PathBuf::from(p));
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .context("no HOME")?;
-    let p = cache.join("shardswarm/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !p.exists() {
-        bail!(
-            "default model not found at {}: run `shardswarm fetch-model` (or set SHARDSWARM_MODEL)",
-            p.display()
-        );
-    }
-    Ok(p)
-}
 
 fn synth(spec: SynthSpec) -> Result<(tempfile::TempDir, PathBuf)> {
     let dir = tempfile::tempdir()?;

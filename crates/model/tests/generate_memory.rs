@@ -2,27 +2,11 @@
 //! process under nextest). Weights are read once into candle's quantized storage; the tied
 //! embedding stays quantized (candle-transformers' model dequantizes it to f32, +113 MB here).
 
-use anyhow::{Context, Result, bail};
+mod common;
+use anyhow::{Context, Result};
+use common::default_model;
 use shardswarm_model::{Device, Stage};
-use std::path::{Path, PathBuf};
-
-fn default_model() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("SHARDSWARM_MODEL") {
-        return Ok(PathBuf::from(p));
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .context("no HOME")?;
-    let p = cache.join("shardswarm/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !p.exists() {
-        bail!(
-            "default model not found at {}: run `shardswarm fetch-model` (or set SHARDSWARM_MODEL)",
-            p.display()
-        );
-    }
-    Ok(p)
-}
+use std::path::Path;
 
 fn rss_bytes() -> Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;

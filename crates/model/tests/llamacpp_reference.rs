@@ -32,7 +32,9 @@
 //! which is why that prompt is not held to the plain command's text. The 4 exact prompts are
 //! those that matched; the others are kept for the tolerance check.
 
+mod common;
 use anyhow::{Context, Result, bail, ensure};
+use common::default_model;
 use shardswarm_model::{Device, GenerateOptions, Generator, SamplerConfig};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -92,24 +94,6 @@ fn llama_bin_dir() -> Result<PathBuf> {
         );
     }
     Ok(dir)
-}
-
-fn default_model() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("SHARDSWARM_MODEL") {
-        return Ok(PathBuf::from(p));
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .context("no HOME")?;
-    let p = cache.join("shardswarm/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !p.exists() {
-        bail!(
-            "default model not found at {}: run `shardswarm fetch-model` (or set SHARDSWARM_MODEL)",
-            p.display()
-        );
-    }
-    Ok(p)
 }
 
 /// Runs llama-completion greedily with an f32 KV cache (the reference command), plus `extra`

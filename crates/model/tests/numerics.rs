@@ -5,35 +5,19 @@
 //! loaded as several layer-range views, give the same last-position logits as the reference
 //! (max |Δ| ≤ 1e-3 · max(1, max |logit|)) for several prompts, and the same 64 greedy tokens.
 
-use anyhow::{Context, Result, bail};
+mod common;
+use anyhow::Result;
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::Content;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
+use common::default_model;
 use shardswarm_model::synth::{SynthSpec, write_synth_model};
 use shardswarm_model::{GenerateOptions, Generator, GgufTokenizer, SamplerConfig, Stage};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const REL_TOL: f32 = 1e-3;
 const GREEDY_TOKENS: usize = 64;
-
-fn default_model() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("SHARDSWARM_MODEL") {
-        return Ok(PathBuf::from(p));
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .context("no HOME")?;
-    let p = cache.join("shardswarm/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !p.exists() {
-        bail!(
-            "default model not found at {}: run `shardswarm fetch-model` (or set SHARDSWARM_MODEL)",
-            p.display()
-        );
-    }
-    Ok(p)
-}
 
 struct Reference(ModelWeights);
 

@@ -1,29 +1,14 @@
 //! `split` of the default model (SmolLM2-135M-Instruct Q4_1) into 8 shards: layer ranges,
 //! byte balance, and every shard opening with our reader and with candle's.
 
-use std::path::PathBuf;
-
 use candle_core::quantized::gguf_file;
 use shardswarm_model::gguf::GgufFile;
 use shardswarm_model::split::split;
 
-const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+mod common;
 
-fn default_model() -> PathBuf {
-    if let Some(p) = std::env::var_os("SHARDSWARM_MODEL") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .expect("neither XDG_CACHE_HOME nor HOME is set");
-    let path = cache.join("shardswarm/models").join(MODEL_FILE);
-    assert!(
-        path.exists(),
-        "default model not found at {}: run `shardswarm fetch-model` (or set SHARDSWARM_MODEL)",
-        path.display()
-    );
-    path
+fn default_model() -> std::path::PathBuf {
+    common::default_model().expect("the default model")
 }
 
 #[test]

@@ -2,27 +2,10 @@
 //! (fixture `smollm2-tokenizer-reference.json`: special-token parsing on, no BOS), plus
 //! round trips and the chat template of the default model.
 
-use anyhow::{Context, Result, bail};
+mod common;
+use anyhow::{Context, Result};
+use common::default_model;
 use shardswarm_model::{ChatTemplate, GgufTokenizer};
-use std::path::PathBuf;
-
-fn default_model() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("SHARDSWARM_MODEL") {
-        return Ok(PathBuf::from(p));
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .context("no HOME")?;
-    let p = cache.join("shardswarm/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !p.exists() {
-        bail!(
-            "default model not found at {}: run `shardswarm fetch-model` (or set SHARDSWARM_MODEL)",
-            p.display()
-        );
-    }
-    Ok(p)
-}
 
 #[derive(serde::Deserialize)]
 struct Reference {

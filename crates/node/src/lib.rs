@@ -18,6 +18,7 @@ pub mod identity;
 pub mod metrics;
 mod msglog;
 mod node_role;
+mod node_shards;
 mod respond;
 mod server_assign;
 mod server_role;
