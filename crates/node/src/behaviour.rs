@@ -62,7 +62,10 @@ impl Behaviour {
     pub(crate) fn new(key: &Keypair, role: Role, request_timeout: Duration) -> Self {
         let peer_id = key.public().to_peer_id();
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+        // Holders re-announce every 10 minutes; a record of a peer that left stops being handed
+        // out after 30 (instead of libp2p's 48 h default).
         kad_config.set_provider_publication_interval(Some(Duration::from_secs(10 * 60)));
+        kad_config.set_provider_record_ttl(Some(Duration::from_secs(30 * 60)));
         let mut kad = kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_config);
         // On loopback and LANs no external address gets confirmed, and a client-mode DHT answers
         // nobody (FIELD-NOTES): every shardswarm peer serves the DHT.
