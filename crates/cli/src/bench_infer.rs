@@ -486,6 +486,24 @@ mod tests {
     }
 
     #[test]
+    fn synth_models_get_a_pre_tokenizer_llama_cpp_knows_and_the_same_tensors() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (raw, out) = (dir.path().join("raw.gguf"), dir.path().join("out.gguf"));
+        write_synth_model(&raw, &SynthSpec::tiny(GgmlDType::Q4_0, 3))?;
+        with_llama_cpp_pre_tokenizer(&raw, &out)?;
+        let (a, b) = (GgufFile::open(&raw)?, GgufFile::open(&out)?);
+        assert_eq!(a.get_str("tokenizer.ggml.pre")?, "gpt2");
+        assert_eq!(b.get_str("tokenizer.ggml.pre")?, "default");
+        assert_eq!(a.metadata().len(), b.metadata().len());
+        assert_eq!(a.tensors().len(), b.tensors().len());
+        for (x, y) in a.tensors().iter().zip(b.tensors()) {
+            assert_eq!((&x.name, &x.dims), (&y.name, &y.dims));
+            assert_eq!(a.read_tensor(x)?, b.read_tensor(y)?, "{}", x.name);
+        }
+        Ok(())
+    }
+
+    #[test]
     fn bench_spec_is_about_1_1b_parameters_and_valid_for_every_type() -> Result<()> {
         let s = synth_spec(GgmlDType::Q4K);
         let kv = s.kv_heads * s.dim / s.heads;

@@ -9,10 +9,10 @@
 //!
 //! How llama.cpp's token ids are obtained: `llama-completion` prints only text, and
 //! re-tokenizing text is lossy. With `--prompt-cache FILE --prompt-cache-all` it writes a
-//! session file at the end whose header holds every token it evaluated (prompt and generated):
-//! magic `ggsn`, version, count (u32 LE), then the ids (i32 LE). The test reads the ids from
-//! there, checks the prompt part against our tokenizer, and that llama.cpp's printed text is
-//! the decoding of those ids.
+//! session file at the end whose header holds every token it evaluated (prompt and
+//! generated): magic `ggsn` (u32 LE, bytes "nsgg"), version, count (u32 LE), then the ids
+//! (i32 LE). The test reads the ids from there, checks the prompt part against our tokenizer,
+//! and that llama.cpp's printed text is the decoding of those ids.
 //!
 //! Checks, per prompt:
 //! - every prompt: our engine is fed llama.cpp's sequence (batch prefill, then one token at a
@@ -30,7 +30,7 @@
 //! its greedy output for "The capital of France is" changes at the 10th generated token
 //! (" answer" instead of " United", 0.10 apart in our logits; `-ub 1` brings " United" back),
 //! which is why that prompt is not held to the plain command's text. The 4 exact prompts are
-//! those that matched; the others are kept for the tolerance check.
+//! those that matched; 3 of the 5 others are kept for the tolerance check only.
 
 mod common;
 use anyhow::{Context, Result, bail, ensure};
