@@ -54,21 +54,7 @@ impl EventLoop {
         peer: PeerId,
         p: &RequestShardsParams,
     ) -> Result<Value, ErrorBody> {
-        let RoleState::Server(s) = &self.role else {
-            return Err(ErrorBody::new(
-                ErrorCode::Forbidden,
-                "REQUEST_SHARDS goes to the server",
-            ));
-        };
-        if p.model_id != s.catalog.model_id {
-            return Err(ErrorBody::new(
-                ErrorCode::BadRequest,
-                format!(
-                    "model {:?} is not the catalog's {:?}",
-                    p.model_id, s.catalog.model_id
-                ),
-            ));
-        }
+        let s = self.server_for("REQUEST_SHARDS", &p.model_id)?;
         if p.max_shards == 0 {
             return Err(ErrorBody::new(
                 ErrorCode::BadRequest,

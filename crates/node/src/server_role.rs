@@ -78,21 +78,7 @@ impl EventLoop {
         peer: PeerId,
         p: &ShardLoadedParams,
     ) -> Result<serde_json::Value, ErrorBody> {
-        let Some(s) = self.server() else {
-            return Err(ErrorBody::new(
-                ErrorCode::Forbidden,
-                "SHARD_LOADED goes to the server",
-            ));
-        };
-        if p.model_id != s.catalog.model_id {
-            return Err(ErrorBody::new(
-                ErrorCode::BadRequest,
-                format!(
-                    "model {:?} is not the catalog's {:?}",
-                    p.model_id, s.catalog.model_id
-                ),
-            ));
-        }
+        let s = self.server_for("SHARD_LOADED", &p.model_id)?;
         let total = s.catalog.total_shards();
         if let Some(bad) = p.loaded.iter().chain(&p.verified).find(|&&i| i >= total) {
             return Err(ErrorBody::new(
@@ -113,6 +99,31 @@ impl EventLoop {
         info!(target: msglog::SWARM, %peer, loaded = ?p.loaded, "[SWARM] node reports loaded shards");
         self.check_ready();
         Ok(serde_json::json!({}))
+    }
+
+    /// The server state, for a command that only the server takes and that names its model;
+    /// the error to answer otherwise.
+    pub(crate) fn server_for(
+        &self,
+        command: &str,
+        model_id: &str,
+    ) -> Result<&ServerState, ErrorBody> {
+        let RoleState::Server(s) = &self.role else {
+            return Err(ErrorBody::new(
+                ErrorCode::Forbidden,
+                format!("{command} goes to the server"),
+            ));
+        };
+        if model_id != s.catalog.model_id {
+            return Err(ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "model {model_id:?} is not the catalog's {:?}",
+                    s.catalog.model_id
+                ),
+            ));
+        }
+        Ok(s)
     }
 
     fn server(&mut self) -> Option<&mut ServerState> {
