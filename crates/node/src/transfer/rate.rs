@@ -1,5 +1,6 @@
 //! A shared token bucket for `--upload-limit` / `--download-limit`: payload bytes per second,
-//! with one second of burst. Callers await [`RateLimiter::acquire`] before moving bytes.
+//! with a quarter second of burst (a whole second let a capped seed dump a large share of a small
+//! catalog on everyone at once before peers could trade). Callers await [`RateLimiter::acquire`] before moving bytes.
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -46,6 +47,9 @@ impl FromStr for Rate {
     }
 }
 
+/// Seconds of traffic the bucket holds.
+const BURST_SECS: f64 = 0.25;
+
 #[derive(Debug)]
 struct Bucket {
     rate: f64,
@@ -66,7 +70,7 @@ impl RateLimiter {
             inner: rate.map(|Rate(r)| {
                 Arc::new(Mutex::new(Bucket {
                     rate: r as f64,
-                    tokens: r as f64,
+                    tokens: r as f64 * BURST_SECS,
                     last: Instant::now(),
                 }))
             }),
@@ -84,7 +88,7 @@ impl RateLimiter {
             let now = Instant::now();
             let elapsed = now.duration_since(b.last).as_secs_f64();
             b.last = now;
-            b.tokens = (b.tokens + elapsed * b.rate).min(b.rate);
+            b.tokens = (b.tokens + elapsed * b.rate).min(b.rate * BURST_SECS);
             b.tokens -= bytes as f64;
             if b.tokens >= 0.0 {
                 Duration::ZERO
@@ -120,10 +124,10 @@ mod tests {
         for _ in 0..5 {
             l.acquire(1000).await;
         }
-        // One second of burst, then 1000 B/s: 5000 bytes take about 4 s of virtual time.
+        // A quarter second of burst, then 1000 B/s: 5000 bytes take about 4.75 s of virtual time.
         let took = start.elapsed();
         assert!(
-            took >= Duration::from_millis(3900) && took <= Duration::from_millis(4100),
+            took >= Duration::from_millis(4650) && took <= Duration::from_millis(4850),
             "{took:?}"
         );
     }
