@@ -17,7 +17,7 @@ pub use config::{ConfigError, LlamaConfig};
 pub use generate::{GenerateError, GenerateOptions, GenerationStats, Generator, StopReason};
 pub use gguf::{GgufError, GgufFile, GgufWriter};
 pub use llama::{KvCache, Stage, StageError};
-pub use sampler::{Sampler, SamplerConfig};
+pub use sampler::{Sampler, SamplerConfig, sample_with_draw};
 pub use split::{SplitError, SplitOutput, SplitProgress, SplitShard};
 pub use template::{ChatMessage, ChatTemplate, TemplateError};
 pub use tokenizer::{GgufTokenizer, TextStream, TokenizerError};

@@ -71,62 +71,74 @@ impl Sampler {
     /// Picks the next token from `logits` given the tokens so far (`history`). Non-finite
     /// logits are treated as impossible; an all-impossible vector yields token 0.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        let mut logits = logits.to_vec();
-        self.apply_penalty(&mut logits, history);
-        if self.cfg.temperature <= 0.0 {
-            return argmax(&logits);
-        }
-        let mut cand: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.is_finite())
-            .map(|(i, &l)| (i as u32, l))
-            .collect();
-        if cand.is_empty() {
-            return 0;
-        }
-        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if self.cfg.top_k > 0 {
-            cand.truncate(self.cfg.top_k);
-        }
-        if self.cfg.top_p < 1.0 {
-            let probs = softmax(cand.iter().map(|c| c.1), 1.0);
-            let mut acc = 0.0;
-            let mut keep = cand.len();
-            for (i, p) in probs.iter().enumerate() {
-                acc += p;
-                if acc >= self.cfg.top_p {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            cand.truncate(keep.max(1));
-        }
-        let probs = softmax(cand.iter().map(|c| c.1), self.cfg.temperature);
-        let r: f32 = self.rng.random::<f32>();
-        let mut acc = 0.0;
-        for (c, p) in cand.iter().zip(&probs) {
-            acc += p;
-            if r < acc {
-                return c.0;
-            }
-        }
-        cand.last().map_or(0, |c| c.0)
+        // Greedy draws nothing, so a greedy run leaves the RNG where it was.
+        let r = if self.cfg.temperature <= 0.0 {
+            0.0
+        } else {
+            self.rng.random::<f32>()
+        };
+        sample_with_draw(&self.cfg, logits, history, r)
     }
+}
 
-    fn apply_penalty(&self, logits: &mut [f32], history: &[u32]) {
-        let p = self.cfg.repeat_penalty;
-        if p == 1.0 || self.cfg.repeat_last_n == 0 {
-            return;
-        }
-        let start = history.len().saturating_sub(self.cfg.repeat_last_n);
-        let mut seen: Vec<u32> = history[start..].to_vec();
-        seen.sort_unstable();
-        seen.dedup();
-        for id in seen {
-            if let Some(l) = logits.get_mut(id as usize) {
-                *l = if *l > 0.0 { *l / p } else { *l * p };
+/// What [`Sampler::sample`] picks when its RNG yields `r` (uniform in `[0, 1)`): the same
+/// chain, with the draw supplied by the caller. A pipeline's last stage samples with this, the
+/// gateway holding the seeded RNG, so a seeded request gives the same tokens as `generate`.
+pub fn sample_with_draw(cfg: &SamplerConfig, logits: &[f32], history: &[u32], r: f32) -> u32 {
+    let mut logits = logits.to_vec();
+    apply_penalty(cfg, &mut logits, history);
+    if cfg.temperature <= 0.0 {
+        return argmax(&logits);
+    }
+    let mut cand: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.is_finite())
+        .map(|(i, &l)| (i as u32, l))
+        .collect();
+    if cand.is_empty() {
+        return 0;
+    }
+    cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if cfg.top_k > 0 {
+        cand.truncate(cfg.top_k);
+    }
+    if cfg.top_p < 1.0 {
+        let probs = softmax(cand.iter().map(|c| c.1), 1.0);
+        let mut acc = 0.0;
+        let mut keep = cand.len();
+        for (i, p) in probs.iter().enumerate() {
+            acc += p;
+            if acc >= cfg.top_p {
+                keep = i + 1;
+                break;
             }
+        }
+        cand.truncate(keep.max(1));
+    }
+    let probs = softmax(cand.iter().map(|c| c.1), cfg.temperature);
+    let mut acc = 0.0;
+    for (c, p) in cand.iter().zip(&probs) {
+        acc += p;
+        if r < acc {
+            return c.0;
+        }
+    }
+    cand.last().map_or(0, |c| c.0)
+}
+
+fn apply_penalty(cfg: &SamplerConfig, logits: &mut [f32], history: &[u32]) {
+    let p = cfg.repeat_penalty;
+    if p == 1.0 || cfg.repeat_last_n == 0 {
+        return;
+    }
+    let start = history.len().saturating_sub(cfg.repeat_last_n);
+    let mut seen: Vec<u32> = history[start..].to_vec();
+    seen.sort_unstable();
+    seen.dedup();
+    for id in seen {
+        if let Some(l) = logits.get_mut(id as usize) {
+            *l = if *l > 0.0 { *l / p } else { *l * p };
         }
     }
 }

@@ -6,48 +6,84 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use candle_core::quantized::GgmlDType;
 use rand::{RngCore, SeedableRng};
+use shardswarm_model::gguf::{GgmlType, GgufFile, GgufWriter, TensorData};
+use shardswarm_model::synth::{SynthSpec, write_synth_model};
 use shardswarm_node::{CommonConfig, Event, NodeConfig, ServerConfig, ShardPolicy, Started};
 use shardswarm_proto::{Manifest, ManifestShard, shard_filename};
 use shardswarm_torrent::metainfo::Metainfo;
 use tokio::sync::broadcast;
 
-/// Writes `n` shard files plus a `manifest.json` whose info-hashes are computed by the torrent
-/// crate. Each shard is a small valid GGUF (so nodes can "load" it: header and tensor table)
-/// holding one layer: a `blk.{i}.payload` F32 tensor of seeded random bytes, about `size` bytes.
+/// Smallest `blk.{i}.payload` tensor, in floats: every shard carries seeded random bytes, even
+/// when the requested size is below what the model part alone takes.
+pub const MIN_PAYLOAD_FLOATS: usize = 64;
+
+/// The synthetic llama model behind [`write_random_shards`]: `n` layers, as small as the
+/// synthetic vocabulary allows (dim 32, 2 query heads / 1 KV head, Q8_0), weights from `seed`.
+pub fn random_model_spec(n: u32, seed: u64) -> SynthSpec {
+    SynthSpec {
+        name: "random-test-model".into(),
+        dim: 32,
+        layers: n,
+        heads: 2,
+        kv_heads: 1,
+        ffn: 64,
+        vocab: SynthSpec::MIN_VOCAB,
+        ..SynthSpec::tiny(GgmlDType::Q8_0, seed)
+    }
+}
+
+/// Writes `n` real llama shards `shard-{i}.gguf` plus a `manifest.json` whose sizes and
+/// info-hashes describe the files written (info-hashes computed by the torrent crate).
+///
+/// The shards are those `shardswarm_model::split` makes of a tiny synthetic llama model with
+/// `n` layers ([`random_model_spec`]): shard `i` holds layer `i` (`[i, i + 1)`), shard 0 the
+/// token embedding, the last one the output norm and head, and every one the tokenizer metadata
+/// and the `shardswarm.*` keys, so each loads with `shardswarm_model::Stage::load` and together
+/// they chain into a `Generator`. Each shard also carries one extra tensor `blk.{i}.payload`
+/// (F32, seeded random bytes, at least [`MIN_PAYLOAD_FLOATS`] floats) sized so the file is about
+/// `size + i * 977` bytes, but never below the model part: about 25 kB for the first and last
+/// shard, less in between, 35 kB for a lone shard.
+///
+/// Deterministic: the same `(n, size, seed)` gives the same bytes; other seeds give other
+/// weights, payloads and info-hashes. `n` must be at least 1.
 pub fn write_random_shards(dir: &Path, n: u32, size: usize, seed: u64) -> Result<Manifest> {
-    use shardswarm_model::gguf::{GgmlType, GgufWriter, TensorData, Value};
+    if n == 0 {
+        bail!("write_random_shards needs at least one shard");
+    }
     std::fs::create_dir_all(dir)?;
+    let work = tempfile::tempdir()?;
+    let source = work.path().join("random.gguf");
+    write_synth_model(&source, &random_model_spec(n, seed))?;
+    let split_dir = work.path().join("split");
+    let split = shardswarm_model::split::split(&source, n, &split_dir, |_| {})?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut shards = Vec::new();
-    for index in 0..n {
-        let filename = shard_filename(index);
-        let path = dir.join(&filename);
-        let floats = (size + index as usize * 977) / 4;
+    for s in &split.shards {
+        let index = s.index;
+        if s.layers != [index, index + 1] {
+            bail!("split put layers {:?} in shard {index}", s.layers);
+        }
+        let shard = GgufFile::open(&split_dir.join(&s.filename))?;
+        let target = (size + index as usize * 977) as u64;
+        let probe = vec![0u8; MIN_PAYLOAD_FLOATS * 4];
+        let base = with_payload(&shard, index, &probe).encoded_len()?;
+        let floats = MIN_PAYLOAD_FLOATS + (target.saturating_sub(base) / 4) as usize;
         let mut payload = vec![0u8; floats * 4];
         rng.fill_bytes(&mut payload);
-        let mut w = GgufWriter::new();
-        w.push_metadata("general.architecture", Value::string("llama"))
-            .push_metadata("general.name", Value::string("random-test-model"))
-            .push_metadata("shardswarm.shard_index", Value::U32(index))
-            .push_metadata("shardswarm.shard_count", Value::U32(n))
-            .push_metadata("shardswarm.layer_start", Value::U32(index))
-            .push_metadata("shardswarm.layer_end", Value::U32(index + 1))
-            .add_tensor(
-                format!("blk.{index}.payload"),
-                GgmlType::F32,
-                &[floats as u64],
-                TensorData::Bytes(&payload),
-            );
+
+        let filename = shard_filename(index);
+        let path = dir.join(&filename);
         let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
-        w.write(&mut file)?;
+        with_payload(&shard, index, &payload).write(&mut file)?;
         std::io::Write::flush(&mut file)?;
         drop(file);
         let meta = Metainfo::from_file(&path, &filename, None)?;
         shards.push(ManifestShard {
             index,
             filename,
-            layers: [index, index + 1],
+            layers: s.layers,
             size: meta.info.length,
             sha256: String::new(),
             info_hash: meta.info_hash(),
@@ -60,14 +96,32 @@ pub fn write_random_shards(dir: &Path, n: u32, size: usize, seed: u64) -> Result
         model_name: "random-test-model".into(),
         architecture: "llama".into(),
         source_file: "random.gguf".into(),
-        source_sha256: String::new(),
-        source_size: 0,
+        source_sha256: split.source_sha256,
+        source_size: split.source_size,
         block_count: n,
         total_shards: n,
         shards,
     };
     std::fs::write(dir.join("manifest.json"), manifest.to_json())?;
     Ok(manifest)
+}
+
+/// `shard` (metadata and tensors as they are) plus the F32 tensor `blk.{index}.payload`.
+fn with_payload<'a>(shard: &'a GgufFile, index: u32, payload: &'a [u8]) -> GgufWriter<'a> {
+    let mut w = GgufWriter::new();
+    for (key, value) in shard.metadata() {
+        w.push_metadata(key.clone(), value.clone());
+    }
+    for t in shard.tensors() {
+        w.copy_tensor(t.name.clone(), shard, t);
+    }
+    w.add_tensor(
+        format!("blk.{index}.payload"),
+        GgmlType::F32,
+        &[(payload.len() / 4) as u64],
+        TensorData::Bytes(payload),
+    );
+    w
 }
 
 /// Logs to the test output, filtered by `RUST_LOG` (default: warnings). Safe to call twice.
