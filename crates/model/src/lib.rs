@@ -5,6 +5,7 @@
 pub mod config;
 pub mod generate;
 pub mod gguf;
+pub mod info;
 pub mod llama;
 pub mod sampler;
 pub mod split;
@@ -16,6 +17,7 @@ pub use candle_core::Device;
 pub use config::{ConfigError, LlamaConfig};
 pub use generate::{GenerateError, GenerateOptions, GenerationStats, Generator, StopReason};
 pub use gguf::{GgufError, GgufFile, GgufWriter};
+pub use info::ModelInfo;
 pub use llama::{KvCache, Stage, StageError};
 pub use sampler::{Sampler, SamplerConfig, sample_with_draw};
 pub use split::{SplitError, SplitOutput, SplitProgress, SplitShard};

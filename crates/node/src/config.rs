@@ -89,6 +89,8 @@ pub struct CommonConfig {
     pub request_timeout: Duration,
     /// Bandwidth limits of piece transfers.
     pub transfer: crate::transfer::TransferConfig,
+    /// Session and KV-memory limits of the stage server.
+    pub stage_limits: shardswarm_pipeline::StageLimits,
 }
 
 impl CommonConfig {
@@ -100,6 +102,7 @@ impl CommonConfig {
             transports: Transports::default(),
             request_timeout: Duration::from_secs(10),
             transfer: Default::default(),
+            stage_limits: Default::default(),
         }
     }
 }

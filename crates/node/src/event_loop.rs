@@ -33,6 +33,8 @@ use crate::transfer::{TransferCmd, TransferEvents, TransferHandle};
 pub(crate) enum Pending {
     /// Raw bytes from a handle; the reply goes back to it.
     Raw(oneshot::Sender<Result<Vec<u8>, HandleError>>),
+    /// SWARM_STATUS to the server, for routing.
+    RouteStatus(oneshot::Sender<shardswarm_proto::SwarmStatus>),
     /// SYNC_TORRENTS to this peer.
     Sync,
     /// GET_NODE_STATUS (the server polling a node).
@@ -73,6 +75,21 @@ pub(crate) struct EventLoop {
     pub(crate) pending: HashMap<OutboundRequestId, Pending>,
     pub(crate) listeners_pending: HashSet<ListenerId>,
     pub(crate) listen_addrs: Vec<Multiaddr>,
+    /// Stages loaded here (shared with the stage server).
+    pub(crate) stages: Arc<crate::inference::StageRegistry>,
+    /// Results of stage loads running on the blocking pool.
+    pub(crate) stage_tx: mpsc::UnboundedSender<StageLoaded>,
+    pub(crate) stage_rx: mpsc::UnboundedReceiver<StageLoaded>,
+    /// Shards being loaded.
+    pub(crate) loading: HashSet<u32>,
+    /// Ping round-trip times (shared with the route source).
+    pub(crate) rtts: crate::inference::Rtts,
+}
+
+/// A stage load finished.
+pub(crate) struct StageLoaded {
+    pub(crate) index: u32,
+    pub(crate) result: Result<Arc<shardswarm_model::Stage>, String>,
 }
 
 /// Unix seconds now.
@@ -109,6 +126,7 @@ impl EventLoop {
         let ack = loop {
             tokio::select! {
                 Some(ev) = self.transfer_events.recv() => self.on_transfer_event(ev),
+                Some(done) = self.stage_rx.recv() => self.on_stage_loaded(done),
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
                 req = self.rx.recv() => match req {
                     None => break None,
@@ -173,6 +191,10 @@ impl EventLoop {
                         reason: e.to_string(),
                     });
                 let _ = reply.send(r);
+            }
+            Request::RouteStatus(reply) => self.route_status(reply),
+            Request::ModelFile(reply) => {
+                let _ = reply.send(self.model_file());
             }
             Request::Shutdown(_) => {}
         }
@@ -362,7 +384,12 @@ impl EventLoop {
                     _ => {}
                 }
             }
-            BehaviourEvent::Ping(ev) => self.metrics.libp2p.record(&ev),
+            BehaviourEvent::Ping(ev) => {
+                self.metrics.libp2p.record(&ev);
+                if let (Ok(rtt), Ok(mut rtts)) = (&ev.result, self.rtts.write()) {
+                    rtts.insert(ev.peer, *rtt);
+                }
+            }
             BehaviourEvent::Stream(()) => {}
             BehaviourEvent::RendezvousClient(ev) => self.on_rendezvous_client(ev),
             BehaviourEvent::RendezvousServer(ev) => {
@@ -457,6 +484,12 @@ impl EventLoop {
                 Some(Pending::Raw(tx)) => {
                     let _ = tx.send(Ok(response));
                 }
+                Some(Pending::RouteStatus(tx)) => {
+                    let remote = shardswarm_proto::codec::decode_response(&response)
+                        .ok()
+                        .and_then(|r| r.payload::<shardswarm_proto::SwarmStatus>().ok());
+                    let _ = tx.send(remote.unwrap_or_else(|| self.swarm_status()));
+                }
                 Some(Pending::Sync) => self.on_sync_response(peer, &response),
                 Some(Pending::NodeStatus) => self.on_node_status_response(peer, &response),
                 Some(Pending::Assignment) => self.on_assignment_response(peer, &response),
@@ -476,6 +509,9 @@ impl EventLoop {
                             peer,
                             reason: error.to_string(),
                         }));
+                    }
+                    Some(Pending::RouteStatus(tx)) => {
+                        let _ = tx.send(self.swarm_status());
                     }
                     Some(Pending::Sync) => self.on_sync_failed(peer, &error.to_string()),
                     Some(Pending::Report) => self.on_report_done(false),

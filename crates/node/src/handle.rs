@@ -105,6 +105,10 @@ pub(crate) enum Request {
         reply: oneshot::Sender<Result<Vec<u8>, HandleError>>,
     },
     Dial(Multiaddr, oneshot::Sender<Result<(), HandleError>>),
+    /// The swarm status used for routing: the server's own; a node asks the server.
+    RouteStatus(oneshot::Sender<SwarmStatus>),
+    /// A local file with the model's metadata (any shard), with the model's name and id.
+    ModelFile(oneshot::Sender<Option<ModelFile>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -116,12 +120,39 @@ pub struct Handle {
     pub(crate) listen: watch::Receiver<Option<Vec<Multiaddr>>>,
     pub(crate) peer_id: PeerId,
     pub(crate) metrics: std::sync::Arc<Metrics>,
+    pub(crate) inference: std::sync::Arc<crate::inference::Inference>,
+}
+
+/// A local GGUF file carrying the model's metadata (tokenizer, template, configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFile {
+    /// The file (a shard of the swarm's model).
+    pub path: std::path::PathBuf,
+    /// The model name (`general.name` or the manifest's).
+    pub model: String,
+    /// The model id.
+    pub model_id: String,
 }
 
 impl Handle {
     /// This peer's ID.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// This peer's side of the inference pipeline.
+    pub fn inference(&self) -> &std::sync::Arc<crate::inference::Inference> {
+        &self.inference
+    }
+
+    /// The swarm status to route by (a node asks the server, falling back to its own view).
+    pub async fn route_status(&self) -> Result<SwarmStatus, HandleError> {
+        self.ask(Request::RouteStatus).await
+    }
+
+    /// A local file with the model's metadata, once this peer has one.
+    pub async fn model_file(&self) -> Result<Option<ModelFile>, HandleError> {
+        self.ask(Request::ModelFile).await
     }
 
     /// Subscribes to events from now on.

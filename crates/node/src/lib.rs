@@ -15,6 +15,7 @@ mod event_loop;
 mod handle;
 pub mod hash_cache;
 pub mod identity;
+pub mod inference;
 pub mod metrics;
 mod msglog;
 mod node_role;
@@ -40,7 +41,7 @@ use tracing::info;
 pub use behaviour::{RENDEZVOUS_NAMESPACE, agent_version};
 pub use codec::{CMD_PROTOCOL, InboundBytes};
 pub use config::{CommonConfig, NodeConfig, ServerConfig, ShardPolicy, Transports};
-pub use handle::{Event, Handle, HandleError};
+pub use handle::{Event, Handle, HandleError, ModelFile};
 pub use msglog::seed_json;
 
 use crate::behaviour::Behaviour;
@@ -153,6 +154,16 @@ fn spawn(
     let (transfer, transfer_events) =
         transfer::spawn(control, common.transfer.clone(), metrics.clone())
             .map_err(StartError::Transport)?;
+    let rtts: inference::Rtts = Arc::default();
+    let inference = inference::Inference::start(
+        swarm.behaviour().stream.new_control(),
+        peer_id,
+        tx.downgrade(),
+        rtts.clone(),
+        common.stage_limits.clone(),
+    )
+    .map_err(StartError::Transport)?;
+    let (stage_tx, stage_rx) = mpsc::unbounded_channel();
     let event_loop = EventLoop {
         transfer,
         transfer_events,
@@ -167,6 +178,11 @@ fn spawn(
         pending: HashMap::new(),
         listeners_pending: listeners,
         listen_addrs: Vec::new(),
+        stages: inference.stages.clone(),
+        stage_tx,
+        stage_rx,
+        loading: HashSet::new(),
+        rtts,
     };
     tokio::spawn(event_loop.run());
     let handle = Handle {
@@ -175,6 +191,7 @@ fn spawn(
         listen: listen_rx,
         peer_id,
         metrics,
+        inference,
     };
     Ok(Started {
         handle,

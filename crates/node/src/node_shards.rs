@@ -159,19 +159,96 @@ impl EventLoop {
     }
 
     /// Opens a verified shard as GGUF (header and tensor table) and marks it loaded.
+    /// Loads a verified shard's layers on the blocking pool; [`Self::on_stage_loaded`] takes
+    /// the result. A shard counts as loaded only once its layers are in memory and served.
     fn load_shard(&mut self, index: u32, path: &std::path::Path) {
-        match shardswarm_model::gguf::GgufFile::open(path) {
-            Ok(_) => {
+        let already = self.node().is_none_or(|n| n.loaded.contains(&index));
+        if already || !self.loading.insert(index) {
+            return;
+        }
+        let tx = self.stage_tx.clone();
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let result = shardswarm_model::Stage::load(&path, &shardswarm_model::Device::Cpu)
+                .map(std::sync::Arc::new)
+                .map_err(|e| e.to_string());
+            let _ = tx.send(crate::event_loop::StageLoaded { index, result });
+        });
+    }
+
+    /// A stage load finished: register it with the stage server and report it.
+    pub(crate) fn on_stage_loaded(&mut self, done: crate::event_loop::StageLoaded) {
+        let index = done.index;
+        self.loading.remove(&index);
+        match done.result {
+            Ok(stage) => {
+                let layers = stage.layers();
+                self.stages.insert(index, stage);
                 let Some(n) = self.node() else { return };
                 if !n.loaded.contains(&index) {
                     n.loaded.push(index);
                     n.loaded.sort_unstable();
                 }
-                info!(target: msglog::SWARM, "[SWARM] 📦 Loaded shard {index}");
+                info!(target: msglog::SWARM, "[SWARM] 📦 Loaded shard {index} (layers {}..{})", layers.start, layers.end);
                 self.emit(Event::ShardLoaded { index });
+                self.report_loaded();
             }
             Err(e) => {
-                warn!(target: msglog::SWARM, shard = index, error = %e, "cannot open the shard as GGUF")
+                warn!(target: msglog::SWARM, shard = index, error = %e, "cannot load the shard's layers")
+            }
+        }
+    }
+
+    /// Answers a route-status request: the server's own view; a node asks the server (its
+    /// own view lacks the other nodes' shards) and falls back to its own view.
+    pub(crate) fn route_status(
+        &mut self,
+        reply: tokio::sync::oneshot::Sender<shardswarm_proto::SwarmStatus>,
+    ) {
+        let server = match &self.role {
+            crate::event_loop::RoleState::Node(n) => n.server,
+            crate::event_loop::RoleState::Server(_) => None,
+        };
+        match server {
+            Some(server) if self.swarm.is_connected(&server) => {
+                self.send_command(
+                    server,
+                    Command::SwarmStatus,
+                    Pending::RouteStatus(reply),
+                    false,
+                );
+            }
+            _ => {
+                let _ = reply.send(self.swarm_status());
+            }
+        }
+    }
+
+    /// A local file with the model's metadata: the server's first shard, or a node's first
+    /// verified shard.
+    pub(crate) fn model_file(&mut self) -> Option<crate::handle::ModelFile> {
+        match &mut self.role {
+            crate::event_loop::RoleState::Server(s) => {
+                let c = &s.catalog;
+                let f = c.files.first()?;
+                Some(crate::handle::ModelFile {
+                    path: s.shards_dir.join(&f.filename),
+                    model: c.model.clone(),
+                    model_id: c.model_id.clone(),
+                })
+            }
+            crate::event_loop::RoleState::Node(n) => {
+                let c = n.catalog.as_ref()?;
+                let f = c
+                    .files
+                    .iter()
+                    .find(|f| n.present.contains(&f.shard_index))?;
+                let dir = n.store.model_dir(&c.model_id).ok()?;
+                Some(crate::handle::ModelFile {
+                    path: dir.join(&f.filename),
+                    model: c.model.clone(),
+                    model_id: c.model_id.clone(),
+                })
             }
         }
     }
