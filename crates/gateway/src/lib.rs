@@ -1,8 +1,13 @@
-//! The HTTP face of a peer: `GET /api/status` (BRIEF §4) and Prometheus `GET /metrics`.
+//! The HTTP face of a peer: `GET /api/status` (BRIEF §4), Prometheus `GET /metrics` and the
+//! OpenAI-compatible API (`/v1/…`, BRIEF §7).
 //!
 //! [`router`] builds the axum `Router`; [`serve`] binds it, writes `DATA_DIR/http.addr` and runs
 //! until the shutdown future resolves.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod backend;
+pub mod openai;
+pub mod swarm_backend;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,12 +43,15 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The routes of a peer's HTTP API.
+/// The routes of a peer's HTTP API: status, metrics and the OpenAI-compatible API served by
+/// the swarm's pipeline through this peer.
 pub fn router(handle: Handle) -> Router {
+    let backend = std::sync::Arc::new(swarm_backend::SwarmBackend::new(handle.clone()));
     Router::new()
         .route("/api/status", get(status))
         .route("/metrics", get(metrics))
         .with_state(handle)
+        .merge(openai::openai_router(backend, openai::ApiOptions::default()))
 }
 
 async fn status(

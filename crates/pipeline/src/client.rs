@@ -2,8 +2,9 @@
 //! prompt and then one step per token, and sends each token as soon as it is known.
 //!
 //! Fault tolerance: when a step fails, the peer named by the error (the hop that failed, or the
-//! one its upstream could not reach in time) is excluded, a new route is planned from the live
-//! holders, and the session is rebuilt by replaying the prompt and the tokens generated so far,
+//! one its upstream could not reach in time) is excluded at its second fault (a first one may
+//! be transient: libp2p drops inbound streams that arrive faster than they are accepted, so it
+//! is retried after a short backoff), a new route is planned from the live holders, and the session is rebuilt by replaying the prompt and the tokens generated so far,
 //! step by step exactly as they first ran (so greedy output is bit-identical); the draw for the
 //! pending token is kept, so seeded sampling continues unchanged. The caller sees no error
 //! unless no holder is left or the attempts run out.
@@ -61,7 +62,7 @@ impl Default for ClientConfig {
         Self {
             step_base: Duration::from_secs(4),
             step_per_position: Duration::from_millis(40),
-            max_recoveries: 4,
+            max_recoveries: 6,
             load_penalty: Duration::from_millis(20),
         }
     }
@@ -318,6 +319,7 @@ impl Client {
         let mut pending_draw: Option<f32> = None;
         let mut generated: Vec<u32> = Vec::new();
         let mut excluded: HashSet<String> = HashSet::new();
+        let mut strikes: HashMap<String, u32> = HashMap::new();
         let mut recoveries = 0;
         let mut last_fault = String::new();
         loop {
@@ -335,6 +337,7 @@ impl Client {
                 }
             };
             let session_id: u64 = rand::random();
+            info!(target: TARGET, session = session_id, route = %describe(&route), "pipeline route");
             let started = Instant::now();
             let result = async {
                 let mut s = self.open(&route, capacity, p.sampling, session_id).await?;
@@ -389,7 +392,13 @@ impl Client {
                     warn!(target: TARGET, %peer, error = %message, tokens = generated.len(),
                         "pipeline step failed; rerouting around the peer and replaying");
                     last_fault = format!("{peer}: {message}");
-                    excluded.insert(peer);
+                    // A first fault may be transient (libp2p drops inbound streams that arrive
+                    // faster than they are accepted): a peer is excluded at its second strike.
+                    let strike = strikes.entry(peer.clone()).or_default();
+                    *strike += 1;
+                    if *strike >= 2 {
+                        excluded.insert(peer);
+                    }
                     recoveries += 1;
                     if recoveries > self.cfg.max_recoveries {
                         return Err(ClientError::Failed {
@@ -397,8 +406,19 @@ impl Client {
                             last: last_fault,
                         });
                     }
+                    let backoff = rand::random_range(10..50) * recoveries as u64;
+                    tokio::time::sleep(Duration::from_millis(backoff)).await;
                 }
             }
         }
     }
+}
+
+/// `peer[0..2] -> peer[2..8]`: a route for the logs.
+pub fn describe(route: &[Hop]) -> String {
+    route
+        .iter()
+        .map(|h| format!("{}[{}..{}]", h.peer, h.shards.start, h.shards.end))
+        .collect::<Vec<_>>()
+        .join(" -> ")
 }
