@@ -72,43 +72,72 @@ impl Backend for SwarmBackend {
         tokens: mpsc::Sender<u32>,
     ) -> BoxFuture<'_, Result<Generated, BackendError>> {
         Box::pin(async move {
-            let card = self.load_card().await?;
-            let status = self
-                .handle
-                .route_status()
-                .await
-                .map_err(|e| BackendError::Failed(e.to_string()))?;
-            if !status.swarm_ready {
-                return Err(BackendError::NotReady {
-                    missing: status.missing,
-                });
-            }
-            let params = GenParams {
-                prompt: req.prompt,
-                max_tokens: req.max_tokens,
-                sampling: Sampling {
-                    temperature: req.temperature,
-                    top_k: 0,
-                    top_p: req.top_p,
-                },
-                seed: req.seed,
-                stop_ids: req.stop_ids,
-                context: card.context_length,
-            };
-            let client = self.handle.inference().client.clone();
-            match client.generate(&params, tokens).await {
-                Ok(o) => Ok(Generated {
-                    finish: match o.finish {
-                        shardswarm_pipeline::Finish::Eos => Finish::Eos,
-                        shardswarm_pipeline::Finish::Length => Finish::Length,
-                        shardswarm_pipeline::Finish::Cancelled => Finish::Cancelled,
+            let started = std::time::Instant::now();
+            let result = self.run(req, tokens).await;
+            let (outcome, n) = match &result {
+                Ok(g) => (
+                    match g.finish {
+                        Finish::Eos => "eos",
+                        Finish::Length => "length",
+                        Finish::Cancelled => "cancelled",
                     },
-                    completion_tokens: o.tokens,
-                }),
-                Err(ClientError::NoRoute(e)) => Err(BackendError::NotReady { missing: e.missing }),
-                Err(ClientError::BadRequest(m)) => Err(BackendError::BadRequest(m)),
-                Err(e @ ClientError::Failed { .. }) => Err(BackendError::Failed(e.to_string())),
-            }
+                    g.completion_tokens as u64,
+                ),
+                Err(BackendError::NotReady { .. }) => ("not_ready", 0),
+                Err(BackendError::BadRequest(_)) => ("bad_request", 0),
+                Err(BackendError::Failed(_)) => ("failed", 0),
+                Err(BackendError::Timeout(_)) => ("timeout", 0),
+            };
+            self.handle
+                .metrics()
+                .inference(outcome, n, started.elapsed().as_secs_f64());
+            result
         })
+    }
+}
+
+impl SwarmBackend {
+    async fn run(
+        &self,
+        req: GenerateRequest,
+        tokens: mpsc::Sender<u32>,
+    ) -> Result<Generated, BackendError> {
+        let card = self.load_card().await?;
+        let status = self
+            .handle
+            .route_status()
+            .await
+            .map_err(|e| BackendError::Failed(e.to_string()))?;
+        if !status.swarm_ready {
+            return Err(BackendError::NotReady {
+                missing: status.missing,
+            });
+        }
+        let params = GenParams {
+            prompt: req.prompt,
+            max_tokens: req.max_tokens,
+            sampling: Sampling {
+                temperature: req.temperature,
+                top_k: 0,
+                top_p: req.top_p,
+            },
+            seed: req.seed,
+            stop_ids: req.stop_ids,
+            context: card.context_length,
+        };
+        let client = self.handle.inference().client.clone();
+        match client.generate(&params, tokens).await {
+            Ok(o) => Ok(Generated {
+                finish: match o.finish {
+                    shardswarm_pipeline::Finish::Eos => Finish::Eos,
+                    shardswarm_pipeline::Finish::Length => Finish::Length,
+                    shardswarm_pipeline::Finish::Cancelled => Finish::Cancelled,
+                },
+                completion_tokens: o.tokens,
+            }),
+            Err(ClientError::NoRoute(e)) => Err(BackendError::NotReady { missing: e.missing }),
+            Err(ClientError::BadRequest(m)) => Err(BackendError::BadRequest(m)),
+            Err(e @ ClientError::Failed { .. }) => Err(BackendError::Failed(e.to_string())),
+        }
     }
 }

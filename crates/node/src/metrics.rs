@@ -7,6 +7,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Labels of `shardswarm_commands_total`.
@@ -32,6 +33,16 @@ pub struct Metrics {
     uploaded: Counter,
     pieces_verified: Counter,
     pieces_rejected: Counter,
+    inference_requests: Family<OutcomeLabels, Counter>,
+    tokens_generated: Counter,
+    token_seconds: Histogram,
+}
+
+/// Labels of `shardswarm_inference_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `eos`, `length`, `cancelled`, `not_ready`, `bad_request`, `failed` or `timeout`.
+    pub outcome: &'static str,
 }
 
 /// Labels of the byte counters: whether the other side is the server or a peer.
@@ -99,7 +110,28 @@ impl Metrics {
             "Pieces that failed their hash check",
             pieces_rejected.clone(),
         );
+        let inference_requests = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "shardswarm_inference_requests",
+            "Generations run through this peer's gateway, by outcome",
+            inference_requests.clone(),
+        );
+        let tokens_generated = Counter::default();
+        registry.register(
+            "shardswarm_tokens_generated",
+            "Tokens generated through this peer's gateway",
+            tokens_generated.clone(),
+        );
+        let token_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register(
+            "shardswarm_token_seconds",
+            "Mean time per generated token of each generation (prompt included), seconds",
+            token_seconds.clone(),
+        );
         Metrics {
+            inference_requests,
+            tokens_generated,
+            token_seconds,
             downloaded,
             uploaded,
             pieces_verified,
@@ -146,6 +178,17 @@ impl Metrics {
         self.downloaded
             .get_or_create(&SourceLabels { source })
             .get()
+    }
+
+    /// Records one generation through this peer's gateway: its outcome, tokens and duration.
+    pub fn inference(&self, outcome: &'static str, tokens: u64, secs: f64) {
+        self.inference_requests
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        self.tokens_generated.inc_by(tokens);
+        if tokens > 0 {
+            self.token_seconds.observe(secs / tokens as f64);
+        }
     }
 
     pub(crate) fn piece(&self, ok: bool) {
