@@ -12,6 +12,10 @@
 //! panic or Ctrl-C/SIGTERM (the bench future is dropped) the children are killed. Progress and
 //! the children's log paths go to stderr, results to stdout.
 
+// `bench pipeline` lives beside `bench_infer.rs` but is a child of this module, so that it can
+// use the process guard and the server start-up below.
+#[path = "bench_pipeline.rs"]
+mod pipeline;
 mod procs;
 mod raw;
 mod report;
@@ -69,6 +73,10 @@ enum BenchCommand {
     Distribute(DistributeArgs),
     /// Prefill and decode tokens/s of the whole model in one process against llama.cpp.
     Infer(crate::bench_infer::InferArgs),
+    /// Decode tokens/s of the swarm's pipeline on loopback against one process, and the
+    /// latency each hop adds.
+    #[command(long_about = pipeline::ABOUT)]
+    Pipeline(pipeline::PipelineArgs),
     /// The receiving end of the raw-stream baseline (started by `distribute`).
     #[command(hide = true)]
     RawSink(raw::SinkArgs),
@@ -123,6 +131,10 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
             BenchCommand::RawSink(a) => raw::run_sink(a).await,
             BenchCommand::Distribute(a) => tokio::select! {
                 r = distribute(a) => r,
+                () = crate::peer_cmd::shutdown_signal() => bail!("interrupted; child processes killed"),
+            },
+            BenchCommand::Pipeline(a) => tokio::select! {
+                r = pipeline::run(a) => r,
                 () = crate::peer_cmd::shutdown_signal() => bail!("interrupted; child processes killed"),
             },
             BenchCommand::Infer(_) => unreachable_infer(),
@@ -228,22 +240,30 @@ async fn ensure_split(bin: &Path, model: Option<&Path>, dir: &Path, shards: u32)
             return Ok(());
         }
     }
-    let model = match model {
-        Some(m) => m.to_path_buf(),
-        None => {
-            let opts = crate::fetch_model::FetchOptions::default();
-            let cached = crate::fetch_model::default_model_path(&opts.cache_dir);
-            if !cached.is_file() {
-                eprintln!(
-                    "bench: fetching the default model into {}",
-                    cached.display()
-                );
-            }
-            tokio::task::spawn_blocking(move || crate::fetch_model::fetch_default_model(&opts))
-                .await
-                .context("fetch-model task")??
-        }
-    };
+    let model = resolve_model(model).await?;
+    split_model(bin, &model, dir, shards).await
+}
+
+/// `model`, else the cached default model (fetched if missing).
+async fn resolve_model(model: Option<&Path>) -> Result<PathBuf> {
+    if let Some(m) = model {
+        return Ok(m.to_path_buf());
+    }
+    let opts = crate::fetch_model::FetchOptions::default();
+    let cached = crate::fetch_model::default_model_path(&opts.cache_dir);
+    if !cached.is_file() {
+        eprintln!(
+            "bench: fetching the default model into {}",
+            cached.display()
+        );
+    }
+    tokio::task::spawn_blocking(move || crate::fetch_model::fetch_default_model(&opts))
+        .await
+        .context("fetch-model task")?
+}
+
+/// `shardswarm split model --shards N --out dir`, into an emptied `dir`.
+async fn split_model(bin: &Path, model: &Path, dir: &Path, shards: u32) -> Result<()> {
     if dir.exists() {
         fs::remove_dir_all(dir).with_context(|| format!("removing the stale {}", dir.display()))?;
     }
@@ -254,7 +274,7 @@ async fn ensure_split(bin: &Path, model: Option<&Path>, dir: &Path, shards: u32)
     );
     let status = Command::new(bin)
         .arg("split")
-        .arg(&model)
+        .arg(model)
         .args(["--shards", &shards.to_string(), "--out"])
         .arg(dir)
         .stdout(Stdio::from(std::io::stderr()))

@@ -72,11 +72,11 @@ struct Row {
 
 /// Prefill and decode tokens/s of one run of one engine.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Rates {
-    prefill: f64,
-    decode: f64,
+pub(crate) struct Rates {
+    pub(crate) prefill: f64,
+    pub(crate) decode: f64,
     /// Prompt tokens the engine reports having processed.
-    prefill_tokens: usize,
+    pub(crate) prefill_tokens: usize,
 }
 
 /// Synthetic model of the benchmark: ~1.1B parameters, random weights, type `quant`.
@@ -202,7 +202,7 @@ fn prompt_of_tokens(tok: &GgufTokenizer, n: usize) -> Result<String> {
 
 /// Parses `generate`'s stats line:
 /// `prefill: N tok in S s (R tok/s), decode: M tok in S s (R tok/s)`.
-fn parse_stats_line(line: &str) -> Option<Rates> {
+pub(crate) fn parse_stats_line(line: &str) -> Option<Rates> {
     let rest = line.trim().strip_prefix("prefill: ")?;
     let (pre, dec) = rest.split_once(", decode: ")?;
     let part = |s: &str| -> Option<(usize, f64)> {

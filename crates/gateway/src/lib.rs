@@ -51,7 +51,10 @@ pub fn router(handle: Handle) -> Router {
         .route("/api/status", get(status))
         .route("/metrics", get(metrics))
         .with_state(handle)
-        .merge(openai::openai_router(backend, openai::ApiOptions::default()))
+        .merge(openai::openai_router(
+            backend,
+            openai::ApiOptions::default(),
+        ))
 }
 
 async fn status(

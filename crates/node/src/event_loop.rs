@@ -78,8 +78,8 @@ pub(crate) struct EventLoop {
     /// Stages loaded here (shared with the stage server).
     pub(crate) stages: Arc<crate::inference::StageRegistry>,
     /// Results of stage loads running on the blocking pool.
-    pub(crate) stage_tx: mpsc::UnboundedSender<StageLoaded>,
-    pub(crate) stage_rx: mpsc::UnboundedReceiver<StageLoaded>,
+    pub(crate) stage_tx: mpsc::Sender<StageLoaded>,
+    pub(crate) stage_rx: mpsc::Receiver<StageLoaded>,
     /// Shards being loaded.
     pub(crate) loading: HashSet<u32>,
     /// Ping round-trip times (shared with the route source).

@@ -163,7 +163,7 @@ fn spawn(
         common.stage_limits.clone(),
     )
     .map_err(StartError::Transport)?;
-    let (stage_tx, stage_rx) = mpsc::unbounded_channel();
+    let (stage_tx, stage_rx) = mpsc::channel(64);
     let event_loop = EventLoop {
         transfer,
         transfer_events,

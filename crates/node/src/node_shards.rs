@@ -172,7 +172,7 @@ impl EventLoop {
             let result = shardswarm_model::Stage::load(&path, &shardswarm_model::Device::Cpu)
                 .map(std::sync::Arc::new)
                 .map_err(|e| e.to_string());
-            let _ = tx.send(crate::event_loop::StageLoaded { index, result });
+            let _ = tx.blocking_send(crate::event_loop::StageLoaded { index, result });
         });
     }
 

@@ -231,7 +231,12 @@ pub fn own(status: &Value) -> Result<&Value> {
     status["nodes"].get(0).context("status without nodes")
 }
 
-pub fn server(root: &Path, n: u32, size: usize, extra: &[&str]) -> Result<(Proc, Manifest, String)> {
+pub fn server(
+    root: &Path,
+    n: u32,
+    size: usize,
+    extra: &[&str],
+) -> Result<(Proc, Manifest, String)> {
     let shards = root.join("shards");
     let manifest = shardswarm_testkit::write_random_shards(&shards, n, size, 5)?;
     let (proc, base) = server_on(root, &shards, extra)?;
@@ -303,4 +308,3 @@ pub fn run(test: &str, body: impl FnOnce(&mut Vec<Proc>) -> Result<()>) {
         panic!("{e:#}");
     }
 }
-
