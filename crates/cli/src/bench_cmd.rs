@@ -8,6 +8,9 @@
 //! measurement: one uncapped server and one `--fetch-from server` node, against a raw stream of
 //! the same bytes between two peers (see [`raw`]).
 //!
+//! `bench pipeline` (decode through a swarm's pipeline against one process) is in [`pipeline`]
+//! and shares the process guard, the server start-up and the split.
+//!
 //! Every child is spawned with `kill_on_drop`, owned by a [`Procs`] guard: on success, error,
 //! panic or Ctrl-C/SIGTERM (the bench future is dropped) the children are killed. Progress and
 //! the children's log paths go to stderr, results to stdout.
@@ -19,6 +22,7 @@ mod pipeline;
 mod procs;
 mod raw;
 mod report;
+mod sse;
 
 use std::ffi::OsString;
 use std::fs;

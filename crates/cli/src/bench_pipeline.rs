@@ -25,12 +25,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
-use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use serde_json::Value;
 use tokio::process::Command;
 
-use super::procs::{Procs, fresh_dir, http_get, path_arg};
+use super::procs::{Procs, fresh_dir, http_get, metric, path_arg};
 use super::report::median;
+use super::sse::stream_completion;
 use super::{Bench, QUIC_LISTEN};
 use crate::bench_infer::parse_stats_line;
 
@@ -58,8 +58,8 @@ const DEFAULT_PROMPT: &str = "Write a long story about a dragon who learns to co
 const TARGET_RATIO: f64 = 0.7;
 /// Between polls of the server's `/api/status`.
 const POLL: Duration = Duration::from_millis(100);
-/// Largest streamed answer read.
-const MAX_STREAM_BYTES: usize = 16 << 20;
+/// `/proc/<pid>/stat` counts CPU time in these ticks (`USER_HZ`, 100 on Linux).
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
 /// Flags of `shardswarm bench pipeline`.
 #[derive(Debug, Args)]
@@ -129,6 +129,10 @@ struct Sample {
     first_ms: f64,
     /// Stages in the route (a pipeline run whose route line was found).
     hops: Option<usize>,
+    /// CPU seconds of all the swarm's processes per second of the request (pipeline runs).
+    busy: Option<f64>,
+    /// CPU milliseconds of the server (gateway: HTTP, SSE, detokenizing) per generated token.
+    gateway_ms: Option<f64>,
 }
 
 /// A running swarm: the server, its nodes, its gateway address and the server's log.
@@ -199,6 +203,10 @@ pub(super) async fn run(args: PipelineArgs) -> Result<()> {
             sample.decode
         );
     }
+    let mut pings_before = Vec::new();
+    for s in &swarms {
+        pings_before.push(ping_totals(&s.http).await);
+    }
 
     let mut kinds = vec![Kind::Single];
     kinds.extend(swarms.iter().map(|s| s.kind));
@@ -227,16 +235,27 @@ pub(super) async fn run(args: PipelineArgs) -> Result<()> {
                 }
             };
             eprintln!(
-                "bench: run {}/{} {}: {:.1} tok/s, {} tokens, first token {:.0} ms{}",
+                "bench: run {}/{} {}: {:.1} tok/s, {} tokens, first token {:.0} ms{}{}",
                 round + 1,
                 args.runs,
                 kind.label(args.nodes),
                 sample.decode,
                 sample.tokens,
                 sample.first_ms,
-                sample.hops.map_or(String::new(), |h| format!(", {h} hops"))
+                sample.hops.map_or(String::new(), |h| format!(", {h} hops")),
+                sample
+                    .busy
+                    .map_or(String::new(), |b| format!(", swarm CPU / wall {b:.2}"))
             );
             samples.push(sample);
+        }
+    }
+    let mut pings = Vec::new();
+    for (s, before) in swarms.iter().zip(pings_before) {
+        if let (Some((s0, n0)), Some((s1, n1))) = (before, ping_totals(&s.http).await)
+            && n1 > n0
+        {
+            pings.push((s.kind, (s1 - s0) / (n1 - n0) * 1e3, (n1 - n0) as u64));
         }
     }
     for s in swarms {
@@ -249,6 +268,7 @@ pub(super) async fn run(args: PipelineArgs) -> Result<()> {
         runs: args.runs,
         load_before,
         load_after: load_average(),
+        pings,
     };
     print!("{}", report(&samples, &conditions));
     Ok(())
@@ -371,6 +391,8 @@ async fn run_single(
         tokens,
         first_ms: rates.prefill_tokens as f64 / rates.prefill * 1e3,
         hops: None,
+        busy: None,
+        gateway_ms: None,
     })
 }
 
@@ -384,9 +406,17 @@ async fn run_pipeline(
 ) -> Result<(Sample, usize)> {
     swarm.procs.check_alive()?;
     let routes_before = routes(&swarm.server_log).len();
+    // The server was spawned first.
+    let pids = swarm.procs.pids();
+    let cpu_before = cpu_secs(&pids);
+    let server_before = cpu_secs(&pids[..1.min(pids.len())]);
     let streamed = tokio::time::timeout(timeout, stream_completion(&swarm.http, prompt, tokens))
         .await
         .with_context(|| format!("the completion did not finish within {timeout:?}"))??;
+    let cpu = cpu_secs(&pids).zip(cpu_before).map(|(b, a)| b - a);
+    let server_cpu = cpu_secs(&pids[..1.min(pids.len())])
+        .zip(server_before)
+        .map(|(b, a)| b - a);
     let decode = streamed.decode_rate().with_context(|| {
         format!(
             "fewer than 2 text chunks came ({:?}, finish reason {:?})",
@@ -395,14 +425,17 @@ async fn run_pipeline(
     })?;
     let planned = routes(&swarm.server_log);
     let hops = planned.last().map(|r| r.split(" -> ").count());
+    let tokens = streamed
+        .completion_tokens
+        .unwrap_or(streamed.chunk_times.len());
     let sample = Sample {
         kind: swarm.kind,
         decode,
-        tokens: streamed
-            .completion_tokens
-            .unwrap_or(streamed.chunk_times.len()),
+        tokens,
         first_ms: streamed.chunk_times[0].as_secs_f64() * 1e3,
         hops,
+        busy: cpu.map(|c| c / streamed.done.as_secs_f64().max(1e-3)),
+        gateway_ms: server_cpu.map(|c| c * 1e3 / tokens.max(1) as f64),
     };
     Ok((sample, planned.len().saturating_sub(routes_before)))
 }
@@ -421,143 +454,27 @@ fn route_lines(log: &str) -> Vec<String> {
         .collect()
 }
 
-/// What a streamed completion delivered.
-#[derive(Debug, Default)]
-struct Streamed {
-    /// Arrival of each non-empty text chunk, from the moment the request was sent.
-    chunk_times: Vec<Duration>,
-    text: String,
-    /// From the usage chunk.
-    completion_tokens: Option<usize>,
-    finish: Option<String>,
+/// CPU seconds (user + system, all threads) used so far by the processes `pids`, from
+/// `/proc/<pid>/stat` (None where that is not readable, e.g. off Linux).
+fn cpu_secs(pids: &[u32]) -> Option<f64> {
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the parenthesised command name: state is the 1st, utime the 12th.
+        let (_, rest) = stat.rsplit_once(')')?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        ticks += f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    }
+    Some(ticks as f64 / CLOCK_TICKS_PER_SEC)
 }
 
-impl Streamed {
-    /// (chunks − 1) / (last − first), in chunks per second.
-    fn decode_rate(&self) -> Option<f64> {
-        let (first, last) = (self.chunk_times.first()?, self.chunk_times.last()?);
-        let secs = (*last - *first).as_secs_f64();
-        (self.chunk_times.len() >= 2 && secs > 0.0)
-            .then(|| (self.chunk_times.len() - 1) as f64 / secs)
-    }
-}
-
-/// An HTTP/1.0 answer carrying server-sent events, fed as its bytes arrive.
-#[derive(Debug, Default)]
-struct SseReader {
-    /// The status line, once the head is in.
-    status: Option<String>,
-    pending: Vec<u8>,
-    out: Streamed,
-}
-
-impl SseReader {
-    /// Takes the bytes that arrived `at`; true once `data: [DONE]` was seen. Fails on an error
-    /// event or a malformed chunk; a non-200 answer is kept for [`Self::failure`].
-    fn push(&mut self, bytes: &[u8], at: Duration) -> Result<bool> {
-        self.pending.extend_from_slice(bytes);
-        if self.status.is_none() {
-            let Some(end) = self.pending.windows(4).position(|w| w == b"\r\n\r\n") else {
-                return Ok(false);
-            };
-            let head = String::from_utf8_lossy(&self.pending[..end]).into_owned();
-            self.pending.drain(..end + 4);
-            self.status = Some(head.lines().next().unwrap_or("").to_owned());
-        }
-        if !self.ok() {
-            return Ok(false);
-        }
-        while let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.pending.drain(..=nl).collect();
-            let line = String::from_utf8(line).context("non-UTF-8 event line")?;
-            let Some(data) = line.trim_end().strip_prefix("data:") else {
-                continue;
-            };
-            let data = data.trim_start();
-            if data == "[DONE]" {
-                return Ok(true);
-            }
-            let v: Value = serde_json::from_str(data).with_context(|| format!("event {data:?}"))?;
-            if let Some(e) = v.get("error") {
-                bail!("error event in the stream: {e}");
-            }
-            if let Some(t) = v["choices"][0]["text"].as_str()
-                && !t.is_empty()
-            {
-                self.out.text.push_str(t);
-                self.out.chunk_times.push(at);
-            }
-            if let Some(f) = v["choices"][0]["finish_reason"].as_str() {
-                self.out.finish = Some(f.to_owned());
-            }
-            if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
-                self.out.completion_tokens = Some(n as usize);
-            }
-        }
-        Ok(false)
-    }
-
-    fn ok(&self) -> bool {
-        self.status.as_deref().is_some_and(|s| s.contains(" 200 "))
-    }
-
-    /// Why the answer ended before `[DONE]`.
-    fn failure(&self) -> anyhow::Error {
-        match &self.status {
-            Some(s) if !self.ok() => anyhow::anyhow!(
-                "POST /v1/completions: {s}: {}",
-                String::from_utf8_lossy(&self.pending).trim()
-            ),
-            _ => anyhow::anyhow!(
-                "the stream ended without [DONE]; text so far {:?}",
-                self.out.text
-            ),
-        }
-    }
-}
-
-/// `POST /v1/completions` with `stream: true` over HTTP/1.0 (so the answer ends when the
-/// connection closes), timing each text chunk from the moment the request was written.
-async fn stream_completion(addr: &str, prompt: &str, max_tokens: usize) -> Result<Streamed> {
-    let body = json!({
-        "prompt": prompt,
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": true,
-        "stream_options": {"include_usage": true},
-    })
-    .to_string();
-    let request = format!(
-        "POST /v1/completions HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    s.set_nodelay(true).context("TCP_NODELAY")?;
-    s.write_all(request.as_bytes())
-        .await
-        .context("sending the request")?;
-    let sent = Instant::now();
-    let mut reader = SseReader::default();
-    let mut buf = vec![0u8; 64 << 10];
-    let mut total = 0;
-    loop {
-        let n = s.read(&mut buf).await.context("reading the stream")?;
-        let at = sent.elapsed();
-        if n == 0 {
-            return Err(reader.failure());
-        }
-        total += n;
-        ensure!(
-            total <= MAX_STREAM_BYTES,
-            "the answer is over {MAX_STREAM_BYTES} bytes"
-        );
-        if reader.push(&buf[..n], at)? {
-            return Ok(reader.out);
-        }
-    }
+/// The sum and count of the server's libp2p ping round trips so far (to its nodes).
+async fn ping_totals(http: &str) -> Option<(f64, f64)> {
+    let m = http_get(http, "/metrics").await.ok()?;
+    Some((
+        metric(&m, "libp2p_ping_rtt_seconds_sum", None),
+        metric(&m, "libp2p_ping_rtt_seconds_count", None),
+    ))
 }
 
 /// `/proc/loadavg`'s three averages, or "unknown".
@@ -576,6 +493,9 @@ struct Conditions {
     runs: usize,
     load_before: String,
     load_after: String,
+    /// Per swarm: the mean libp2p ping RTT (ms) between its server and nodes during the runs,
+    /// and how many pings that is.
+    pings: Vec<(Kind, f64, u64)>,
 }
 
 /// Medians of one path.
@@ -585,6 +505,8 @@ struct Medians {
     tokens: f64,
     first_ms: f64,
     hops: Option<f64>,
+    busy: Option<f64>,
+    gateway_ms: Option<f64>,
 }
 
 fn medians(samples: &[Sample], kind: Kind) -> Option<Medians> {
@@ -594,6 +516,8 @@ fn medians(samples: &[Sample], kind: Kind) -> Option<Medians> {
     }
     let med = |f: &dyn Fn(&Sample) -> f64| median(of.iter().map(|s| f(s)).collect());
     let hops: Vec<f64> = of.iter().filter_map(|s| s.hops.map(|h| h as f64)).collect();
+    let busy: Vec<f64> = of.iter().filter_map(|s| s.busy).collect();
+    let gateway: Vec<f64> = of.iter().filter_map(|s| s.gateway_ms).collect();
     let decode = med(&|s| s.decode);
     Some(Medians {
         decode,
@@ -601,6 +525,8 @@ fn medians(samples: &[Sample], kind: Kind) -> Option<Medians> {
         tokens: med(&|s| s.tokens as f64),
         first_ms: med(&|s| s.first_ms),
         hops: (!hops.is_empty()).then(|| median(hops)),
+        busy: (!busy.is_empty()).then(|| median(busy)),
+        gateway_ms: (!gateway.is_empty()).then(|| median(gateway)),
     })
 }
 
@@ -615,9 +541,9 @@ fn report(samples: &[Sample], c: &Conditions) -> String {
     );
     let _ = writeln!(
         out,
-        "| run | path | decode (tok/s) | ms/token | tokens | first token (ms) | hops |"
+        "| run | path | decode (tok/s) | ms/token | tokens | first token (ms) | hops | swarm CPU / wall | gateway CPU ms/token |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     let kinds = [Kind::Single, Kind::Pipeline, Kind::OneNode];
     let per_round = kinds
         .iter()
@@ -627,14 +553,16 @@ fn report(samples: &[Sample], c: &Conditions) -> String {
     for (i, s) in samples.iter().enumerate() {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.1} | {:.1} | {} | {:.0} | {} |",
+            "| {} | {} | {:.1} | {:.1} | {} | {:.0} | {} | {} | {} |",
             i / per_round + 1,
             s.kind.label(c.nodes),
             s.decode,
             1e3 / s.decode,
             s.tokens,
             s.first_ms,
-            s.hops.map_or("—".to_owned(), |h| h.to_string())
+            s.hops.map_or("—".to_owned(), |h| h.to_string()),
+            s.busy.map_or("—".to_owned(), |b| format!("{b:.2}")),
+            s.gateway_ms.map_or("—".to_owned(), |g| format!("{g:.2}"))
         );
     }
     let Some(single) = medians(samples, Kind::Single) else {
@@ -647,9 +575,9 @@ fn report(samples: &[Sample], c: &Conditions) -> String {
     );
     let _ = writeln!(
         out,
-        "| path | decode (tok/s) | × single | ms/token | overhead/hop (ms) | hops | tokens | first token (ms) |"
+        "| path | decode (tok/s) | × single | ms/token | overhead/hop (ms) | hops | tokens | first token (ms) | swarm CPU / wall | gateway CPU ms/token |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for kind in kinds {
         let Some(m) = medians(samples, kind) else {
             continue;
@@ -659,14 +587,16 @@ fn report(samples: &[Sample], c: &Conditions) -> String {
         });
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {:.2}× | {:.1} | {per_hop} | {} | {:.0} | {:.0} |",
+            "| {} | {:.1} | {:.2}× | {:.1} | {per_hop} | {} | {:.0} | {:.0} | {} | {} |",
             kind.label(c.nodes),
             m.decode,
             m.decode / single.decode,
             m.ms,
             m.hops.map_or("—".to_owned(), |h| format!("{h}")),
             m.tokens,
-            m.first_ms
+            m.first_ms,
+            m.busy.map_or("—".to_owned(), |b| format!("{b:.2}")),
+            m.gateway_ms.map_or("—".to_owned(), |g| format!("{g:.2}"))
         );
     }
     let _ = writeln!(
@@ -674,6 +604,20 @@ fn report(samples: &[Sample], c: &Conditions) -> String {
         "first token: single = the prefill's compute time (generate's stats line); pipeline = \
          request sent → first text chunk received"
     );
+    let _ = writeln!(
+        out,
+        "swarm CPU / wall: CPU seconds of the server and its nodes per second of the request; the \
+         stages run one after another, so below 1 is time when no process ran (waiting on \
+         sockets, wake-ups or a busy CPU); gateway CPU: the server process's CPU time per \
+         generated token (HTTP, SSE, detokenizing, routing; CPU time is counted in 10 ms ticks)"
+    );
+    for (kind, rtt, n) in &c.pings {
+        let _ = writeln!(
+            out,
+            "libp2p ping RTT server ↔ nodes during the runs, {}: {rtt:.2} ms (mean of {n})",
+            kind.label(c.nodes)
+        );
+    }
     let pipe = medians(samples, Kind::Pipeline);
     if let (Some(p), Some(one)) = (&pipe, medians(samples, Kind::OneNode)) {
         let _ = write!(
@@ -695,6 +639,16 @@ fn report(samples: &[Sample], c: &Conditions) -> String {
             }
         }
     }
+    let paired = paired_ratios(samples, per_round);
+    if !paired.is_empty() {
+        let lo = paired.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = paired.iter().copied().fold(0.0, f64::max);
+        let _ = writeln!(
+            out,
+            "pipeline / single within each round (paired): median {:.2}×, range {lo:.2}–{hi:.2}×",
+            median(paired)
+        );
+    }
     if let Some(p) = pipe {
         let ratio = p.decode / single.decode;
         let _ = writeln!(
@@ -710,57 +664,20 @@ fn report(samples: &[Sample], c: &Conditions) -> String {
     out
 }
 
+/// Per round, the pipeline's decode rate over the single process's.
+fn paired_ratios(samples: &[Sample], per_round: usize) -> Vec<f64> {
+    samples
+        .chunks(per_round)
+        .filter_map(|round| {
+            let rate = |k: Kind| round.iter().find(|s| s.kind == k).map(|s| s.decode);
+            Some(rate(Kind::Pipeline)? / rate(Kind::Single)?)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    #[test]
-    fn sse_chunks_are_timed_as_they_arrive_across_split_reads() -> Result<()> {
-        let mut r = SseReader::default();
-        let head = "HTTP/1.0 200 OK\r\ncontent-type: text/event-stream\r\n\r\n";
-        let chunk = |t: &str| format!("data: {{\"choices\":[{{\"text\":\"{t}\"}}]}}\n\n");
-        assert!(!r.push(&head.as_bytes()[..10], ms(1))?);
-        assert!(!r.push(&head.as_bytes()[10..], ms(2))?);
-        let a = chunk("Once");
-        assert!(!r.push(&a.as_bytes()[..7], ms(10))?);
-        assert!(!r.push(&a.as_bytes()[7..], ms(11))?);
-        assert!(!r.push((chunk("") + &chunk(" upon")).as_bytes(), ms(61))?);
-        let tail = "data: {\"choices\":[{\"text\":\"\",\"finish_reason\":\"length\"}]}\n\n\
-                    data: {\"choices\":[],\"usage\":{\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
-        assert!(r.push(tail.as_bytes(), ms(62))?);
-        assert_eq!(r.out.text, "Once upon");
-        assert_eq!(r.out.chunk_times, [ms(11), ms(61)]);
-        assert_eq!(r.out.completion_tokens, Some(2));
-        assert_eq!(r.out.finish.as_deref(), Some("length"));
-        assert_eq!(r.out.decode_rate(), Some(20.0));
-        Ok(())
-    }
-
-    #[test]
-    fn sse_error_events_and_statuses_fail() -> Result<()> {
-        let mut r = SseReader::default();
-        let err = "HTTP/1.0 200 OK\r\n\r\ndata: {\"error\":{\"message\":\"no route\"}}\n\n";
-        assert!(r.push(err.as_bytes(), ms(1)).is_err());
-        let mut r = SseReader::default();
-        let busy = "HTTP/1.0 503 Service Unavailable\r\n\r\n{\"error\":\"not ready\"}";
-        assert!(!r.push(busy.as_bytes(), ms(1))?);
-        let msg = r.failure().to_string();
-        assert!(msg.contains("503") && msg.contains("not ready"), "{msg}");
-        Ok(())
-    }
-
-    #[test]
-    fn one_chunk_gives_no_rate() {
-        let s = Streamed {
-            chunk_times: vec![ms(5)],
-            ..Streamed::default()
-        };
-        assert_eq!(s.decode_rate(), None);
-    }
 
     #[test]
     fn routes_come_from_the_pipeline_route_lines() {
@@ -780,6 +697,8 @@ mod tests {
             tokens: 64,
             first_ms: 100.0,
             hops,
+            busy: hops.map(|_| 0.9),
+            gateway_ms: hops.map(|_| 0.5),
         }
     }
 
@@ -792,6 +711,7 @@ mod tests {
             runs: 2,
             load_before: "1.0 1.0 1.0".into(),
             load_after: "2.0 1.0 1.0".into(),
+            pings: vec![(Kind::Pipeline, 0.42, 12)],
         };
         // single 20 tok/s = 50 ms; pipeline 16 tok/s = 62.5 ms over 4 hops; 1-node 19 tok/s.
         let samples = [
@@ -804,10 +724,17 @@ mod tests {
         ];
         let text = report(&samples, &c);
         assert!(
-            text.contains("| pipeline, 4 nodes | 16.0 | 0.80× | 62.5 | 3.1 | 4 |"),
+            text.contains(
+                "| pipeline, 4 nodes | 16.0 | 0.80× | 62.5 | 3.1 | 4 | 64 | 100 | 0.90 | 0.50 |"
+            ),
             "{text}"
         );
         assert!(text.contains("| 2 | pipeline, 1 node"), "{text}");
+        assert!(text.contains("4 nodes: 0.42 ms (mean of 12)"), "{text}");
+        assert!(
+            text.contains("(paired): median 0.80×, range 0.80–0.80×"),
+            "{text}"
+        );
         assert!(
             text.contains("(1-node pipeline − single): 0.0 ms/token"),
             "{text}"
@@ -825,7 +752,9 @@ mod tests {
         let text = report(&slow, &c);
         assert!(text.contains("0.50×") && text.contains("NOT met"), "{text}");
         assert!(
-            text.contains("| pipeline, 4 nodes | 10.0 | 0.50× | 100.0 | — | — | 64 | 100 |"),
+            text.contains(
+                "| pipeline, 4 nodes | 10.0 | 0.50× | 100.0 | — | — | 64 | 100 | — | — |"
+            ),
             "{text}"
         );
     }

@@ -62,6 +62,11 @@ impl Procs {
         Ok(())
     }
 
+    /// The children's process ids (those not reaped yet).
+    pub(super) fn pids(&self) -> Vec<u32> {
+        self.list.iter().filter_map(|(_, c, _)| c.id()).collect()
+    }
+
     /// Kills every child and waits for it.
     pub(super) async fn stop(mut self) {
         for (_, child, _) in &mut self.list {
