@@ -1,11 +1,13 @@
-//! The HTTP face of a peer: `GET /api/status` (BRIEF §4), Prometheus `GET /metrics` and the
-//! OpenAI-compatible API (`/v1/…`, BRIEF §7).
+//! The HTTP face of a peer: `GET /api/status` (BRIEF §4), Prometheus `GET /metrics`, the
+//! OpenAI-compatible API (`/v1/…`, BRIEF §7) and the dashboard at `/` (`dashboard`: the page,
+//! `GET /api/peers`, the live `GET /api/events` stream).
 //!
 //! [`router`] builds the axum `Router`; [`serve`] binds it, writes `DATA_DIR/http.addr` and runs
 //! until the shutdown future resolves.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod backend;
+pub mod dashboard;
 pub mod openai;
 pub mod swarm_backend;
 
@@ -50,7 +52,8 @@ pub fn router(handle: Handle) -> Router {
     Router::new()
         .route("/api/status", get(status))
         .route("/metrics", get(metrics))
-        .with_state(handle)
+        .with_state(handle.clone())
+        .merge(dashboard::routes(handle))
         .merge(openai::openai_router(
             backend,
             openai::ApiOptions::default(),

@@ -127,14 +127,17 @@ impl SwarmBackend {
         };
         let client = self.handle.inference().client.clone();
         match client.generate(&params, tokens).await {
-            Ok(o) => Ok(Generated {
-                finish: match o.finish {
-                    shardswarm_pipeline::Finish::Eos => Finish::Eos,
-                    shardswarm_pipeline::Finish::Length => Finish::Length,
-                    shardswarm_pipeline::Finish::Cancelled => Finish::Cancelled,
-                },
-                completion_tokens: o.tokens,
-            }),
+            Ok(o) => {
+                self.handle.metrics().steps(&o.step_times, o.route.len());
+                Ok(Generated {
+                    finish: match o.finish {
+                        shardswarm_pipeline::Finish::Eos => Finish::Eos,
+                        shardswarm_pipeline::Finish::Length => Finish::Length,
+                        shardswarm_pipeline::Finish::Cancelled => Finish::Cancelled,
+                    },
+                    completion_tokens: o.tokens,
+                })
+            }
             Err(ClientError::NoRoute(e)) => Err(BackendError::NotReady { missing: e.missing }),
             Err(ClientError::BadRequest(m)) => Err(BackendError::BadRequest(m)),
             Err(e @ ClientError::Failed { .. }) => Err(BackendError::Failed(e.to_string())),

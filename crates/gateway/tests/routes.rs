@@ -95,3 +95,59 @@ async fn serve_binds_port_zero_and_writes_http_addr() -> Result<()> {
     server.handle.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_page_assets_peers_and_a_first_event_at_once() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    shardswarm_testkit::write_random_shards(&tmp.path().join("shards"), 2, 1_000, 7)?;
+    let (server, _) =
+        shardswarm_testkit::start_server(tmp.path().join("server"), tmp.path().join("shards"))
+            .await?;
+    let app = shardswarm_gateway::router(server.handle.clone());
+    for (path, mime, needle) in [
+        ("/", "text/html", "<canvas id=\"chart\""),
+        ("/assets/app.js", "text/javascript", "/api/events"),
+        ("/assets/style.css", "text/css", "@media"),
+    ] {
+        let resp = app
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty())?)
+            .await?;
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        let ct = resp.headers()["content-type"].to_str()?.to_owned();
+        assert!(ct.starts_with(mime), "{path}: {ct}");
+        let body = String::from_utf8(resp.into_body().collect().await?.to_bytes().to_vec())?;
+        assert!(body.contains(needle), "{path}");
+    }
+
+    let resp = app
+        .clone()
+        .oneshot(Request::get("/api/peers").body(Body::empty())?)
+        .await?;
+    let body = resp.into_body().collect().await?.to_bytes();
+    let peers: Vec<shardswarm_proto::ConnectedPeer> = serde_json::from_slice(&body)?;
+    assert!(peers.is_empty(), "no node yet: {peers:?}");
+
+    // The event stream sends a snapshot at once (no one-second wait for the first).
+    let resp = app
+        .oneshot(Request::get("/api/events").body(Body::empty())?)
+        .await?;
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let frame = tokio::time::timeout(Duration::from_millis(900), body.frame())
+        .await?
+        .expect("a first event")?;
+    let text = String::from_utf8(frame.into_data().expect("data").to_vec())?;
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("a data line");
+    assert!(text.starts_with("event: snapshot\n"), "{text}");
+    let snap: shardswarm_gateway::dashboard::Snapshot = serde_json::from_str(data)?;
+    assert_eq!(snap.peer_id, server.handle.peer_id().to_string());
+    assert_eq!(snap.status.total_shards, 2);
+    assert_eq!(snap.status.nodes[0].peer_id, snap.peer_id);
+    assert_eq!(snap.role, shardswarm_proto::Role::Server);
+    server.handle.shutdown().await;
+    Ok(())
+}

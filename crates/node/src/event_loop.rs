@@ -84,6 +84,8 @@ pub(crate) struct EventLoop {
     pub(crate) loading: HashSet<u32>,
     /// Ping round-trip times (shared with the route source).
     pub(crate) rtts: crate::inference::Rtts,
+    /// Open connections per peer (transport, remote addresses).
+    pub(crate) connections: crate::peers::Connections,
 }
 
 /// A stage load finished.
@@ -172,6 +174,9 @@ impl EventLoop {
             }
             Request::NodeStatus(tx) => {
                 let _ = tx.send(self.node_status());
+            }
+            Request::Peers(tx) => {
+                let _ = tx.send(self.connected_peers());
             }
             Request::SendRaw { peer, bytes, reply } => {
                 let total_len = bytes.len() as u64;
@@ -271,9 +276,11 @@ impl EventLoop {
                 ..
             } => {
                 debug!(target: "shardswarm::peer", peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
-                self.metrics
-                    .connected_peers
-                    .set(self.swarm.connected_peers().count() as i64);
+                self.connection_up(
+                    peer_id,
+                    connection_id,
+                    endpoint.get_remote_address().clone(),
+                );
                 if num_established.get() == 1 {
                     self.peers.entry(peer_id).or_default();
                     if let RoleState::Node(_) = self.role {
@@ -284,11 +291,10 @@ impl EventLoop {
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established,
+                connection_id,
                 ..
             } => {
-                self.metrics
-                    .connected_peers
-                    .set(self.swarm.connected_peers().count() as i64);
+                self.connection_down(peer_id, connection_id);
                 if num_established == 0 {
                     debug!(target: "shardswarm::peer", peer = %peer_id, "disconnected");
                     let gone = self.peers.remove(&peer_id);
@@ -548,6 +554,8 @@ impl EventLoop {
             loaded,
             verified,
             downloading,
+            bytes_up: self.metrics.uploaded_total(),
+            bytes_down: self.metrics.downloaded_total(),
         }
     }
 

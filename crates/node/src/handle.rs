@@ -4,7 +4,7 @@
 //! event loop that owns the `Swarm`; no JSON between internal components.
 
 use libp2p::{Multiaddr, PeerId};
-use shardswarm_proto::{ErrorCode, FileEntry, NodeStatus, Response, SwarmStatus};
+use shardswarm_proto::{ConnectedPeer, ErrorCode, FileEntry, NodeStatus, Response, SwarmStatus};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::metrics::Metrics;
@@ -99,6 +99,7 @@ pub enum HandleError {
 pub(crate) enum Request {
     SwarmStatus(oneshot::Sender<SwarmStatus>),
     NodeStatus(oneshot::Sender<NodeStatus>),
+    Peers(oneshot::Sender<Vec<ConnectedPeer>>),
     SendRaw {
         peer: PeerId,
         bytes: Vec<u8>,
@@ -196,6 +197,11 @@ impl Handle {
     /// This peer's own state.
     pub async fn node_status(&self) -> Result<NodeStatus, HandleError> {
         self.ask(Request::NodeStatus).await
+    }
+
+    /// The peers this peer is connected to: role, transport in use, addresses, ping RTT.
+    pub async fn peers(&self) -> Result<Vec<ConnectedPeer>, HandleError> {
+        self.ask(Request::Peers).await
     }
 
     /// Sends raw request bytes on the command protocol and returns the raw response.

@@ -20,6 +20,7 @@ pub mod metrics;
 mod msglog;
 mod node_role;
 mod node_shards;
+pub mod peers;
 mod respond;
 mod server_assign;
 mod server_role;
@@ -183,6 +184,7 @@ fn spawn(
         stage_rx,
         loading: HashSet::new(),
         rtts,
+        connections: Default::default(),
     };
     tokio::spawn(event_loop.run());
     let handle = Handle {

@@ -36,6 +36,18 @@ pub struct Metrics {
     inference_requests: Family<OutcomeLabels, Counter>,
     tokens_generated: Counter,
     token_seconds: Histogram,
+    pub(crate) by_transport: Family<TransportLabels, Gauge>,
+    banned_peers: Counter,
+    pub(crate) shards_loaded: Gauge,
+    step_seconds: Histogram,
+    hop_seconds: Histogram,
+}
+
+/// Labels of `shardswarm_connected_peers_by_transport`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    /// `quic`, `tcp`, `relayed` or `other`: the transport of the peer's connection in use.
+    pub transport: &'static str,
 }
 
 /// Labels of `shardswarm_inference_requests_total`.
@@ -128,7 +140,47 @@ impl Metrics {
             "Mean time per generated token of each generation (prompt included), seconds",
             token_seconds.clone(),
         );
+        let by_transport = Family::<TransportLabels, Gauge>::default();
+        registry.register(
+            "shardswarm_connected_peers_by_transport",
+            "Connected peers by the transport of the connection in use",
+            by_transport.clone(),
+        );
+        for t in shardswarm_proto::Transport::ALL {
+            let _ = by_transport.get_or_create(&TransportLabels {
+                transport: t.as_str(),
+            });
+        }
+        let banned_peers = Counter::default();
+        registry.register(
+            "shardswarm_banned_peers",
+            "Peers banned by the piece engine (corrupt data or protocol violations)",
+            banned_peers.clone(),
+        );
+        let shards_loaded = Gauge::default();
+        registry.register(
+            "shardswarm_shards_loaded",
+            "Shards whose layers this peer has loaded and serves",
+            shards_loaded.clone(),
+        );
+        let step_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register(
+            "shardswarm_step_seconds",
+            "Round trip of one decode step through the whole pipeline route, seconds",
+            step_seconds.clone(),
+        );
+        let hop_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 14));
+        registry.register(
+            "shardswarm_hop_seconds",
+            "Time per hop of a decode step (its round trip divided by the route's hops), seconds",
+            hop_seconds.clone(),
+        );
         Metrics {
+            by_transport,
+            banned_peers,
+            shards_loaded,
+            step_seconds,
+            hop_seconds,
             inference_requests,
             tokens_generated,
             token_seconds,
@@ -178,6 +230,25 @@ impl Metrics {
         self.downloaded
             .get_or_create(&SourceLabels { source })
             .get()
+    }
+
+    /// Payload bytes received so far, every source.
+    pub fn downloaded_total(&self) -> u64 {
+        self.downloaded_from("server") + self.downloaded_from("peer")
+    }
+
+    /// Records the step round trips of one generation over a route of `hops` hops: the first
+    /// step (the prompt) is left out, every later one is a single-token decode step.
+    pub fn steps(&self, times: &[std::time::Duration], hops: usize) {
+        for t in times.iter().skip(1) {
+            let secs = t.as_secs_f64();
+            self.step_seconds.observe(secs);
+            self.hop_seconds.observe(secs / hops.max(1) as f64);
+        }
+    }
+
+    pub(crate) fn banned(&self) {
+        self.banned_peers.inc();
     }
 
     /// Records one generation through this peer's gateway: its outcome, tokens and duration.

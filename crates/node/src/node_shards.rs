@@ -189,6 +189,8 @@ impl EventLoop {
                     n.loaded.push(index);
                     n.loaded.sort_unstable();
                 }
+                let count = n.loaded.len() as i64;
+                self.metrics.shards_loaded.set(count);
                 info!(target: msglog::SWARM, "[SWARM] 📦 Loaded shard {index} (layers {}..{})", layers.start, layers.end);
                 self.emit(Event::ShardLoaded { index });
                 self.report_loaded();
@@ -331,6 +333,7 @@ impl EventLoop {
             }
             TransferEvent::Banned { peer, reason } => {
                 warn!(target: "shardswarm::pieces", %peer, reason, "peer banned");
+                self.metrics.banned();
                 self.emit(Event::PeerBanned { peer });
             }
             TransferEvent::Progress(p) => {

@@ -20,6 +20,9 @@ use crate::transfer::TransferCmd;
 
 /// How often connected nodes are asked for their status.
 const NODE_POLL: Duration = Duration::from_secs(5);
+/// How often while a node reported a download in progress (live progress for the dashboard
+/// and `status --watch`).
+const NODE_POLL_BUSY: Duration = Duration::from_secs(1);
 
 pub(crate) struct ServerState {
     pub(crate) shards_dir: PathBuf,
@@ -143,8 +146,13 @@ impl EventLoop {
             self.rescan_catalog();
         }
         if poll {
+            let busy = self.peers.values().any(|p| {
+                p.status
+                    .as_ref()
+                    .is_some_and(|st| !st.downloading.is_empty())
+            });
             if let Some(s) = self.server() {
-                s.next_poll = now + NODE_POLL;
+                s.next_poll = now + if busy { NODE_POLL_BUSY } else { NODE_POLL };
             }
             let nodes: Vec<PeerId> = self
                 .peers

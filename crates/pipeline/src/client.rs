@@ -107,6 +107,9 @@ pub struct Outcome {
     pub recoveries: usize,
     /// The route of the last attempt.
     pub route: Vec<Hop>,
+    /// The round trip of every step of the last attempt, in order: the prompt first (a replay
+    /// after a rebuild included), then one per decode step.
+    pub step_times: Vec<Duration>,
 }
 
 /// Why a generation failed.
@@ -339,6 +342,7 @@ impl Client {
             let session_id: u64 = rand::random();
             info!(target: TARGET, session = session_id, route = %describe(&route), "pipeline route");
             let started = Instant::now();
+            let mut step_times: Vec<Duration> = Vec::new();
             let result = async {
                 let mut s = self.open(&route, capacity, p.sampling, session_id).await?;
                 let mut done = 0usize; // steps run in this session
@@ -361,7 +365,9 @@ impl Client {
                     } else {
                         0.0
                     };
+                    let step_started = Instant::now();
                     let tok = self.step(&mut s, route.len(), pos, input, draw).await?;
+                    step_times.push(step_started.elapsed());
                     done += 1;
                     if !fresh {
                         continue;
@@ -386,6 +392,7 @@ impl Client {
                         tokens: generated.len(),
                         recoveries,
                         route,
+                        step_times,
                     });
                 }
                 Err(Fault { peer, message }) => {

@@ -227,6 +227,11 @@ async fn greedy_pipeline_equals_the_whole_model() -> Result<()> {
         assert_eq!(got, want);
         assert_eq!(outcome.finish, Finish::Length);
         assert_eq!(outcome.route.len(), 3, "a runs shards 0..2 in one hop");
+        assert_eq!(
+            outcome.step_times.len(),
+            got.len(),
+            "one timed step per token, the prompt's step first"
+        );
     }
     wait_freed(&f.net).await
 }

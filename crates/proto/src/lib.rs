@@ -15,4 +15,6 @@ pub use envelope::{Header, RawRequest, Request, Response, Status};
 pub use error::{ErrorBody, ErrorCode};
 pub use info_hash::{InfoHash, ParseInfoHashError};
 pub use manifest::{Manifest, ManifestError, ManifestShard, parse_shard_filename, shard_filename};
-pub use status::{DownloadProgress, NodeStatus, Role, ShardStatus, SwarmStatus};
+pub use status::{
+    ConnectedPeer, DownloadProgress, NodeStatus, Role, ShardStatus, SwarmStatus, Transport,
+};

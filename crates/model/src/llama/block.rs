@@ -36,19 +36,14 @@ impl Block {
     ) -> Result<Tensor> {
         let (b, s, dim) = x.dims3()?;
         let h = self.attn_norm.forward(x)?;
-        let q = self
-            .wq
-            .forward(&h)?
+        let [q, k, v] = QLinear::forward_many([&self.wq, &self.wk, &self.wv], &h)?;
+        let q = q
             .reshape((b, s, self.n_head, self.head_dim))?
             .transpose(1, 2)?;
-        let k = self
-            .wk
-            .forward(&h)?
+        let k = k
             .reshape((b, s, self.n_kv_head, self.head_dim))?
             .transpose(1, 2)?;
-        let v = self
-            .wv
-            .forward(&h)?
+        let v = v
             .reshape((b, s, self.n_kv_head, self.head_dim))?
             .transpose(1, 2)?
             .contiguous()?;
@@ -59,8 +54,8 @@ impl Block {
         let y = y.transpose(1, 2)?.reshape((b, s, dim))?;
         let x = (x + self.wo.forward(&y)?)?;
         let h = self.ffn_norm.forward(&x)?;
-        let gate = candle_nn::ops::silu(&self.gate.forward(&h)?)?;
-        let mlp = self.down.forward(&(gate * self.up.forward(&h)?)?)?;
+        let [gate, up] = QLinear::forward_many([&self.gate, &self.up], &h)?;
+        let mlp = self.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)?;
         x + mlp
     }
 }

@@ -1,0 +1,224 @@
+//! Activations quantized to 8 bits, once per input row, for the integer dot products.
+//!
+//! Two formats, in our own structs:
+//! - [`Q8Block`] (32 values) serves Q4_0, Q4_1 and Q8_0 weights: ggml's `block_q8_0` plus the
+//!   `s` of `block_q8_1`, with the scales kept as `f32` (holding `f16` values) so the hot loop
+//!   converts nothing. `d = f16(amax / 127)`, `q = round(x · 127 / amax)` (ties away from
+//!   zero), `s = f16(f16(Σq) · d)`.
+//! - [`Q8KBlock`] (256 values) serves the K-quants: ggml's `block_q8_K` (`f32` scale chosen so
+//!   the largest-magnitude value maps to −127, and the sums of each 16 values); quantized by
+//!   the scalar code on every instruction set (two blocks per row at these widths).
+//!
+//! These are the numbers candle 0.11 computes (`BlockQ8_0`/`BlockQ8_1::from_float`), which the
+//! model's whole-model reference tests compare against: with them our Q4_0/Q4_1/Q8_0 layers
+//! give candle's results bit for bit. (ggml's own quantizer differs only in the last bits: it
+//! rounds `s = f16(d · Σq)` from the unrounded `d`, and ties to even in its AVX2 version.)
+//! The SIMD quantizers reproduce the scalar ones bit for bit. Non-finite inputs give
+//! unspecified (but memory-safe) quants, as in ggml.
+
+use crate::quant::{ActKind, round_to_f16};
+
+/// 32 activations quantized to `i8` with a scale.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct Q8Block {
+    /// Scale: `amax / 127` rounded to `f16`.
+    pub d: f32,
+    /// `f16(f16(Σ qs) · d)`; used by Q4_1's minimum term.
+    pub s: f32,
+    /// Quantized values, `round(x · 127 / amax)` in `-127..=127`.
+    pub qs: [i8; 32],
+}
+
+/// 256 activations quantized to `i8` with an `f32` scale and 16-value partial sums.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct Q8KBlock {
+    /// Scale: `x ≈ d · q`.
+    pub d: f32,
+    /// Quantized values in `-128..=127`.
+    pub qs: [i8; 256],
+    /// `bsums[j] = Σ qs[16j..16j + 16]`.
+    pub bsums: [i16; 16],
+}
+
+impl Q8Block {
+    /// All zeros.
+    pub const ZERO: Q8Block = Q8Block {
+        d: 0.0,
+        s: 0.0,
+        qs: [0; 32],
+    };
+}
+
+impl Q8KBlock {
+    /// All zeros.
+    pub const ZERO: Q8KBlock = Q8KBlock {
+        d: 0.0,
+        qs: [0; 256],
+        bsums: [0; 16],
+    };
+}
+
+/// `n` input rows of `cols` values each, quantized for one weight type's dot product.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Acts {
+    /// For Q4_0/Q4_1/Q8_0: `n · cols / 32` blocks, row after row.
+    Q8 {
+        /// The blocks.
+        blocks: Vec<Q8Block>,
+        /// Blocks per row.
+        per_row: usize,
+        /// `blocks[i].d` and `blocks[i].s` as plain arrays, for 8-wide loads
+        /// (filled by [`Acts::finish`]).
+        d: Vec<f32>,
+        /// See `d`.
+        s: Vec<f32>,
+    },
+    /// For the K-quants: `n · cols / 256` blocks, row after row.
+    Q8K {
+        /// The blocks.
+        blocks: Vec<Q8KBlock>,
+        /// Blocks per row.
+        per_row: usize,
+    },
+}
+
+impl Acts {
+    /// Completes the derived fields once the blocks are quantized.
+    pub(crate) fn finish(&mut self) {
+        if let Acts::Q8 { blocks, d, s, .. } = self {
+            *d = blocks.iter().map(|b| b.d).collect();
+            *s = blocks.iter().map(|b| b.s).collect();
+        }
+    }
+
+    /// Zeroed room for `n` rows of `cols` values (`cols` a multiple of the block size).
+    pub(crate) fn zeroed(kind: ActKind, n: usize, cols: usize) -> Self {
+        match kind {
+            ActKind::Q8 => Acts::Q8 {
+                blocks: vec![Q8Block::ZERO; n * cols / 32],
+                per_row: cols / 32,
+                d: Vec::new(),
+                s: Vec::new(),
+            },
+            ActKind::Q8K => Acts::Q8K {
+                blocks: vec![Q8KBlock::ZERO; n * cols / 256],
+                per_row: cols / 256,
+            },
+        }
+    }
+}
+
+/// Quantizes 32 values into a [`Q8Block`] (scalar reference).
+pub fn quantize_q8(x: &[f32; 32]) -> Q8Block {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut qs = [0i8; 32];
+    let mut sum = 0i32;
+    for (q, &v) in qs.iter_mut().zip(x) {
+        // |v·id| ≤ 127 (plus rounding), so the cast never saturates for finite inputs.
+        *q = (v * id).round() as i8;
+        sum += i32::from(*q);
+    }
+    let d = round_to_f16(d);
+    Q8Block {
+        d,
+        s: round_to_f16(round_to_f16(sum as f32) * d),
+        qs,
+    }
+}
+
+/// Quantizes 256 values into a [`Q8KBlock`] (scalar reference, ggml's `quantize_row_q8_K_ref`
+/// with ties away from zero, as candle's).
+pub fn quantize_q8k(x: &[f32; 256]) -> Q8KBlock {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax == 0.0 {
+        return Q8KBlock::ZERO;
+    }
+    let iscale = -127.0 / max;
+    let mut out = Q8KBlock::ZERO;
+    for (q, &v) in out.qs.iter_mut().zip(x) {
+        *q = (iscale * v).round().clamp(-128.0, 127.0) as i8;
+    }
+    for (s, group) in out.bsums.iter_mut().zip(out.qs.chunks_exact(16)) {
+        *s = group.iter().map(|&q| i16::from(q)).sum();
+    }
+    out.d = 1.0 / iscale;
+    out
+}
+
+/// Scalar quantization of `x` (`n · cols` values) into `acts` (from [`Acts::zeroed`]).
+pub(crate) fn quantize_scalar(x: &[f32], acts: &mut Acts) {
+    match acts {
+        Acts::Q8 { blocks, .. } => {
+            for (b, chunk) in blocks.iter_mut().zip(x.chunks_exact(32)) {
+                if let Ok(chunk) = chunk.try_into() {
+                    *b = quantize_q8(chunk);
+                }
+            }
+        }
+        Acts::Q8K { blocks, .. } => {
+            for (b, chunk) in blocks.iter_mut().zip(x.chunks_exact(256)) {
+                if let Ok(chunk) = chunk.try_into() {
+                    *b = quantize_q8k(chunk);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q8_round_trips_within_half_a_step() {
+        let x: [f32; 32] = std::array::from_fn(|i| (i as f32 - 15.5) * 0.37);
+        let b = quantize_q8(&x);
+        assert!(b.qs.iter().any(|&q| q.abs() == 127));
+        for (q, v) in b.qs.iter().zip(x) {
+            // d is rounded to f16 (rel. 2^-11) after the quants were chosen with the exact d.
+            assert!((f32::from(*q) * b.d - v).abs() <= 0.5 * b.d + 127.0 * b.d / 2048.0);
+        }
+        let sum: i32 = b.qs.iter().map(|&q| i32::from(q)).sum();
+        assert!((b.s - b.d * sum as f32).abs() <= 1e-3 * (b.d * sum as f32).abs().max(b.d));
+        // Ties go away from zero, as f32::round (candle's quantizer).
+        let mut t = [0f32; 32];
+        t[0] = 127.0;
+        t[1] = 0.5;
+        t[2] = -2.5;
+        assert_eq!(&quantize_q8(&t).qs[..3], &[127, 1, -3]);
+    }
+
+    #[test]
+    fn q8k_maps_the_extreme_to_minus_127_and_sums_groups() {
+        let x: [f32; 256] = std::array::from_fn(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01);
+        let b = quantize_q8k(&x);
+        let extreme = x.iter().position(|v| v.abs() == 0.5).unwrap_or(0);
+        assert_eq!(b.qs[extreme], -127);
+        for (j, s) in b.bsums.iter().enumerate() {
+            let want: i16 = b.qs[16 * j..16 * j + 16]
+                .iter()
+                .map(|&q| i16::from(q))
+                .sum();
+            assert_eq!(*s, want);
+        }
+        for (q, v) in b.qs.iter().zip(x) {
+            assert!((f32::from(*q) * b.d - v).abs() <= 0.5 * b.d.abs() * 1.0001);
+        }
+    }
+
+    #[test]
+    fn zeros_quantize_to_zero() {
+        assert_eq!(quantize_q8(&[0.0; 32]), Q8Block::ZERO);
+        assert_eq!(quantize_q8k(&[0.0; 256]), Q8KBlock::ZERO);
+    }
+}
