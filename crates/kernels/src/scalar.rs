@@ -7,7 +7,7 @@
 //!
 //! K-quant element order inside a 256-value super-block (ggml's `dequantize_row_*_K`):
 //! - Q4_K / Q5_K: sub-block `sb = e / 32` (8 of them, each with a 6-bit scale and minimum from
-//!   [`scale_min_k4`]); value `e = 32·sb + l` is nibble `sb % 2` of `qs[32·(sb / 2) + l]`,
+//!   `scale_min_k4`); value `e = 32·sb + l` is nibble `sb % 2` of `qs[32·(sb / 2) + l]`,
 //!   plus (Q5_K) 16 × bit `sb` of `qh[l]`; `x = d·scale·q − dmin·min`.
 //! - Q6_K: value `e = 128·h + 32·k + l` (`h` < 2, `k` < 4, `l` < 32) is nibble `k / 2` of
 //!   `ql[64·h + 32·(k % 2) + l]` plus 16 × bits `2k..2k + 2` of `qh[32·h + l]`, minus 32;

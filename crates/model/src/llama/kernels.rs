@@ -1,16 +1,22 @@
 //! The compute kernels the llama forward calls: quantized linear layers and attention.
 //!
 //! Everything the stage does that costs time goes through this module, so that faster kernels
-//! can replace these without touching the stage API. The quantized linear layers of the types
-//! `shardswarm-kernels` accelerates on this CPU (Q4_0, Q4_1, Q8_0 with AVX2/NEON) run our own
-//! mat-vec on the GGUF blocks in place (read through candle's storage, no copy), the rest on
-//! candle's `QMatMul`; attention is candle tensor ops.
+//! can replace these without touching the stage API.
 //!
-//! `SHARDSWARM_KERNELS` (read once per process) chooses the engine of the quantized layers:
-//! unset / `native`: ours where accelerated, candle otherwise; `candle`: candle everywhere (the
-//! baseline the benchmark compares against); `scalar`: our scalar reference for every type it
-//! knows (slow; for checking the SIMD kernels). The thread count is the kernels' default
-//! (`RAYON_NUM_THREADS`, which `--threads` sets, else the available cores).
+//! - Quantized linear layers of the types `shardswarm-kernels` accelerates on this CPU (AVX2:
+//!   Q4_0, Q4_1, Q8_0, Q4_K, Q6_K; NEON: Q4_0, Q4_1, Q8_0) run our own mat-vec on the GGUF
+//!   blocks in place (read through candle's storage, no copy); the rest run candle's
+//!   `QMatMul`. Layers that read the same input (Q/K/V, gate/up) go through one pass of the
+//!   pool ([`QLinear::forward_many`]). K-quant prompts (several rows) stay on candle, see
+//!   [`QLinear::runs_ours`]. On AVX2 the results equal candle's bit for bit.
+//! - Attention is candle tensor ops, except the softmax, which runs on the calling thread with
+//!   candle's arithmetic ([`softmax_last_dim`]) instead of a round trip to candle's rayon pool.
+//!
+//! `SHARDSWARM_KERNELS` (read once per process) chooses: unset / `native`: the above; `candle`:
+//! candle everywhere, softmax included (the baseline the benchmark compares against);
+//! `scalar`: our scalar reference for every type it knows (slow; for checking the SIMD
+//! kernels). The thread count is the kernels' default (`RAYON_NUM_THREADS`, which `--threads`
+//! sets, else the available cores).
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Storage, Tensor};
