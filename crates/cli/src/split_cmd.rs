@@ -15,33 +15,7 @@ use shardswarm_torrent::metainfo::Metainfo;
 /// Runs the subcommand.
 pub(crate) fn run(model: &Path, shards: u32, out: &Path) -> anyhow::Result<()> {
     let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>16} [{bar:30}] {bytes}/{total_bytes}")
-            .context("progress bar template")?
-            .progress_chars("=> "),
-    );
-    let output = split(model, shards, out, |p| match p {
-        SplitProgress::Hashing { done, total } => {
-            bar.set_message("hashing source");
-            bar.set_length(total);
-            bar.set_position(done);
-        }
-        SplitProgress::Writing { shard, done, total } => {
-            bar.set_message(format!("shard {shard}"));
-            bar.set_length(total);
-            bar.set_position(done);
-        }
-    })
-    .with_context(|| format!("splitting {}", model.display()))?;
-    bar.finish_and_clear();
-
-    let manifest = output.to_manifest(|s| {
-        let path = out.join(&s.filename);
-        let meta = Metainfo::from_file(&path, &s.filename, None)
-            .with_context(|| format!("hashing {} into a torrent", path.display()))?;
-        Ok::<_, anyhow::Error>((meta.info_hash(), meta.info.piece_length))
-    })?;
-    manifest.validate().context("manifest of the split")?;
+    let manifest = split_to_manifest(model, shards, out, &bar)?;
     let manifest_path = out.join("manifest.json");
     write_atomically(&manifest_path, manifest.to_json().as_bytes())?;
     tracing::info!(target: "shardswarm::split", path = %manifest_path.display(), model_id = %manifest.model_id, "wrote manifest");
@@ -115,4 +89,41 @@ fn warn_stale_shards(out: &Path, shards: u32) {
             );
         }
     }
+}
+
+/// Splits `model` into `shards` files in `out` with progress on `bar` (hashing the source, then
+/// writing each shard), and returns the validated manifest of the files written (not yet saved).
+pub(crate) fn split_to_manifest(
+    model: &Path,
+    shards: u32,
+    out: &Path,
+    bar: &ProgressBar,
+) -> anyhow::Result<shardswarm_proto::Manifest> {
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>16} [{bar:30}] {bytes}/{total_bytes}")
+            .context("progress bar template")?
+            .progress_chars("=> "),
+    );
+    let output = split(model, shards, out, |p| match p {
+        SplitProgress::Hashing { done, total } => {
+            bar.set_message("hashing source");
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+        SplitProgress::Writing { shard, done, total } => {
+            bar.set_message(format!("shard {shard}"));
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+    })
+    .with_context(|| format!("splitting {}", model.display()));
+    bar.finish_and_clear();
+    let manifest = output?.to_manifest(|s| {
+        let path = out.join(&s.filename);
+        let meta = Metainfo::from_file(&path, &s.filename, None)
+            .with_context(|| format!("hashing {} into a torrent", path.display()))?;
+        Ok::<_, anyhow::Error>((meta.info_hash(), meta.info.piece_length))
+    })?;
+    manifest.validate().context("manifest of the split")?;
+    Ok(manifest)
 }

@@ -8,6 +8,8 @@
 //! Waits are on the demo's output lines (a reader thread per pipe feeds a condition variable)
 //! and on its exit, all with deadlines.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -15,6 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use common::default_model;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardswarm");
 /// Split, start, distribute, load and answer on a busy 2-core machine.
@@ -23,26 +26,6 @@ const RUN_LIMIT: Duration = Duration::from_secs(600);
 const SERVER_LIMIT: Duration = Duration::from_secs(180);
 /// From SIGINT to the demo's exit.
 const STOP_LIMIT: Duration = Duration::from_secs(20);
-
-/// The default model: `SHARDSWARM_MODEL`, else the `fetch-model` cache. Fails (never skips)
-/// with the command to run when it is absent.
-fn default_model() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("SHARDSWARM_MODEL") {
-        return Ok(PathBuf::from(p));
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .context("no HOME")?;
-    let p = cache.join("shardswarm/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !p.exists() {
-        bail!(
-            "default model not found at {}: run `shardswarm fetch-model` (or set SHARDSWARM_MODEL)",
-            p.display()
-        );
-    }
-    Ok(p)
-}
 
 /// Lines a process wrote to one pipe.
 #[derive(Default)]

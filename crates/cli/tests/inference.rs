@@ -10,7 +10,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -25,25 +25,6 @@ const PROMPTS: [&str; 3] = [
 ];
 const MAX_TOKENS: usize = 32;
 const READY_LIMIT: Duration = Duration::from_secs(120);
-
-fn default_model() -> Result<PathBuf> {
-    let path = match std::env::var_os("SHARDSWARM_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
-                .context("no HOME")?;
-            cache.join("shardswarm/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        }
-    };
-    ensure!(
-        path.is_file(),
-        "the default model is missing at {} (run `shardswarm fetch-model`, or set SHARDSWARM_MODEL)",
-        path.display()
-    );
-    Ok(path)
-}
 
 /// `shardswarm generate --temperature 0` on the whole model: the reference text.
 fn reference(model: &Path, prompt: &str, max_tokens: usize) -> Result<String> {

@@ -6,10 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use shardswarm_model::split::{SplitProgress, split};
+use indicatif::{MultiProgress, ProgressBar};
 use shardswarm_proto::Manifest;
-use shardswarm_torrent::metainfo::Metainfo;
 
 use crate::fetch_model::{self, FetchOptions};
 
@@ -70,34 +68,9 @@ pub(super) fn shards(
         fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     let bar = mp.add(ProgressBar::new(0));
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>16} [{bar:30}] {bytes}/{total_bytes}")
-            .context("progress bar template")?
-            .progress_chars("=> "),
-    );
-    let output = split(&model.path, shards, dir, |p| match p {
-        SplitProgress::Hashing { done, total } => {
-            bar.set_message("hashing source");
-            bar.set_length(total);
-            bar.set_position(done);
-        }
-        SplitProgress::Writing { shard, done, total } => {
-            bar.set_message(format!("shard {shard}"));
-            bar.set_length(total);
-            bar.set_position(done);
-        }
-    })
-    .with_context(|| format!("splitting {}", model.path.display()));
-    bar.finish_and_clear();
+    let manifest = crate::split_cmd::split_to_manifest(&model.path, shards, dir, &bar);
     mp.remove(&bar);
-    let output = output?;
-    let manifest = output.to_manifest(|s| {
-        let path = dir.join(&s.filename);
-        let meta = Metainfo::from_file(&path, &s.filename, None)
-            .with_context(|| format!("hashing {} into a torrent", path.display()))?;
-        Ok::<_, anyhow::Error>((meta.info_hash(), meta.info.piece_length))
-    })?;
-    manifest.validate().context("manifest of the split")?;
+    let manifest = manifest?;
     // Written last: a split cut short leaves no manifest, so the next run splits again.
     let path = dir.join("manifest.json");
     shardswarm_node::hash_cache::write_atomic(&path, manifest.to_json().as_bytes())

@@ -3,7 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -307,4 +307,25 @@ pub fn run(test: &str, body: impl FnOnce(&mut Vec<Proc>) -> Result<()>) {
         eprintln!("whole logs in {}", dir.display());
         panic!("{e:#}");
     }
+}
+
+/// The default model: `SHARDSWARM_MODEL`, else the `fetch-model` cache. Fails (never skips)
+/// with the command to run when it is absent.
+pub fn default_model() -> Result<PathBuf> {
+    let path = match std::env::var_os("SHARDSWARM_MODEL") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+                .context("no HOME")?;
+            cache.join("shardswarm/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        }
+    };
+    ensure!(
+        path.is_file(),
+        "the default model is missing at {} (run `shardswarm fetch-model`, or set SHARDSWARM_MODEL)",
+        path.display()
+    );
+    Ok(path)
 }
