@@ -36,7 +36,8 @@ use serde_json::Value;
 use shardswarm_node::transfer::Rate;
 use tokio::process::Command;
 
-use procs::{Procs, Progress, ServerInfo, fresh_dir, http_get, metric, path_arg, read_first_line};
+use crate::prom::metric_sum;
+use procs::{Procs, Progress, ServerInfo, fresh_dir, http_get, path_arg, read_first_line};
 use report::{Mode, RunResult, SingleStream};
 
 const QUIC_LISTEN: &str = "/ip4/127.0.0.1/udp/0/quic-v1";
@@ -325,12 +326,12 @@ impl Bench {
         let mut from_peers = 0.0;
         for h in &node_https {
             let m = http_get(h, "/metrics").await?;
-            from_server += metric(
+            from_server += metric_sum(
                 &m,
                 "shardswarm_torrent_downloaded_bytes_total",
                 Some("source=\"server\""),
             );
-            from_peers += metric(
+            from_peers += metric_sum(
                 &m,
                 "shardswarm_torrent_downloaded_bytes_total",
                 Some("source=\"peer\""),
@@ -341,7 +342,7 @@ impl Bench {
             mode,
             secs: times.iter().copied().fold(0.0, f64::max),
             first_secs: times.iter().copied().fold(f64::INFINITY, f64::min),
-            server_uploaded: metric(
+            server_uploaded: metric_sum(
                 &server_metrics,
                 "shardswarm_torrent_uploaded_bytes_total",
                 None,

@@ -28,11 +28,12 @@ use clap::Args;
 use serde_json::Value;
 use tokio::process::Command;
 
-use super::procs::{Procs, fresh_dir, http_get, metric, path_arg};
+use super::procs::{Procs, fresh_dir, http_get, path_arg};
 use super::report::median;
 use super::sse::stream_completion;
 use super::{Bench, QUIC_LISTEN};
 use crate::bench_infer::parse_stats_line;
+use crate::prom::metric_sum;
 
 pub(super) const ABOUT: &str = "\
 Measure the swarm's pipeline on loopback: decode tokens/s against the whole model in one process,
@@ -472,8 +473,8 @@ fn cpu_secs(pids: &[u32]) -> Option<f64> {
 async fn ping_totals(http: &str) -> Option<(f64, f64)> {
     let m = http_get(http, "/metrics").await.ok()?;
     Some((
-        metric(&m, "libp2p_ping_rtt_seconds_sum", None),
-        metric(&m, "libp2p_ping_rtt_seconds_count", None),
+        metric_sum(&m, "libp2p_ping_rtt_seconds_sum", None),
+        metric_sum(&m, "libp2p_ping_rtt_seconds_count", None),
     ))
 }
 

@@ -10,6 +10,7 @@ mod generate_cmd;
 mod logging;
 mod peer_cmd;
 mod progress;
+mod prom;
 mod split_cmd;
 mod status_cmd;
 mod torrent_cmd;

@@ -117,24 +117,6 @@ impl Progress {
     }
 }
 
-/// Sum of the samples of `name` (whose labels contain `label`, if given) in Prometheus text.
-pub(super) fn metric(text: &str, name: &str, label: Option<&str>) -> f64 {
-    text.lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            let (labels, value) = match rest.strip_prefix('{') {
-                Some(r) => r.split_once('}')?,
-                None if rest.starts_with(' ') => ("", rest),
-                None => return None,
-            };
-            if label.is_some_and(|l| !labels.contains(l)) {
-                return None;
-            }
-            value.split_whitespace().next()?.parse::<f64>().ok()
-        })
-        .sum()
-}
-
 /// `GET path` over HTTP/1.0 (the server closes after the answer); the body of a 200.
 pub(super) async fn http_get(addr: &str, path: &str) -> Result<String> {
     let fetch = async {
@@ -185,23 +167,6 @@ pub(super) fn fresh_dir(dir: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn metric_sums_matching_samples_only() {
-        let text = "# HELP shardswarm_torrent_downloaded_bytes x\n\
-            shardswarm_torrent_downloaded_bytes_total{source=\"server\"} 100\n\
-            shardswarm_torrent_downloaded_bytes_total{source=\"peer\"} 250\n\
-            shardswarm_torrent_uploaded_bytes_total 7\n\
-            shardswarm_torrent_uploaded_bytes_total_other 9\n";
-        let down = "shardswarm_torrent_downloaded_bytes_total";
-        assert_eq!(metric(text, down, Some("source=\"peer\"")), 250.0);
-        assert_eq!(metric(text, down, Some("source=\"server\"")), 100.0);
-        assert_eq!(metric(text, down, None), 350.0);
-        assert_eq!(
-            metric(text, "shardswarm_torrent_uploaded_bytes_total", None),
-            7.0
-        );
-    }
 
     #[test]
     fn progress_counts_verified_sizes_and_partial_bytes() {
