@@ -15,7 +15,9 @@
 //! - llama.cpp: `llama-bench -m M -t T -p 64 -n 32 -r 1 -o json` (pp64 and tg32; it runs a
 //!   warm-up of each first, and tg starts from an empty context where ours follows the prompt).
 //!
-//! The table gives the median over `--runs` of each rate and the ratio ours / llama.cpp.
+//! The table gives the median over `--runs` of each rate and the ratio ours / llama.cpp, and
+//! the median peak resident memory of each process (`VmHWM`, sampled every 5 ms by
+//! [`crate::peak_rss`]): both map the GGUF, so touched weight pages count on both sides.
 
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::quantized::GgmlDType;
@@ -24,7 +26,9 @@ use shardswarm_model::synth::{SynthSpec, write_synth_model};
 use shardswarm_model::{GgufFile, GgufTokenizer, GgufWriter};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
+
+use crate::peak_rss::output_with_peak_rss;
 use std::time::Instant;
 
 /// Arguments of `shardswarm bench infer`.
@@ -68,6 +72,9 @@ struct Row {
     theirs_prefill: f64,
     ours_decode: f64,
     theirs_decode: f64,
+    /// Median peak RSS in MiB (NaN when not measurable).
+    ours_rss_mib: f64,
+    theirs_rss_mib: f64,
 }
 
 /// Prefill and decode tokens/s of one run of one engine.
@@ -220,22 +227,23 @@ pub(crate) fn parse_stats_line(line: &str) -> Option<Rates> {
 }
 
 /// Runs our `generate` once.
-fn run_ours(exe: &Path, model: &Path, prompt: &str, args: &InferArgs) -> Result<Rates> {
+/// One run's rates and peak resident memory (KiB).
+type Measured = (Rates, Option<u64>);
+
+fn run_ours(exe: &Path, model: &Path, prompt: &str, args: &InferArgs) -> Result<Measured> {
     let threads = args.threads.to_string();
-    let out = Command::new(exe)
-        .arg("generate")
-        .arg("--model")
-        .arg(model)
-        .args(["--temperature", "0", "--ignore-eos", "--threads", &threads])
-        .args(["--max-tokens", &args.gen_tokens.to_string()])
-        .arg(prompt)
-        .env("RAYON_NUM_THREADS", &threads)
-        .env("CANDLE_NUM_THREADS", &threads)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .with_context(|| format!("cannot run {} generate", exe.display()))?;
+    let (out, rss) = output_with_peak_rss(
+        Command::new(exe)
+            .arg("generate")
+            .arg("--model")
+            .arg(model)
+            .args(["--temperature", "0", "--ignore-eos", "--threads", &threads])
+            .args(["--max-tokens", &args.gen_tokens.to_string()])
+            .arg(prompt)
+            .env("RAYON_NUM_THREADS", &threads)
+            .env("CANDLE_NUM_THREADS", &threads),
+    )
+    .with_context(|| format!("cannot run {} generate", exe.display()))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         bail!("generate failed ({}): {}", out.status, stderr.trim());
@@ -251,7 +259,7 @@ fn run_ours(exe: &Path, model: &Path, prompt: &str, args: &InferArgs) -> Result<
         rates.prefill_tokens,
         args.prompt_tokens
     );
-    Ok(rates)
+    Ok((rates, rss))
 }
 
 /// pp and tg rates from `llama-bench -o json` output.
@@ -276,17 +284,17 @@ fn parse_llama_bench(json: &str, prompt: usize, gen_tokens: usize) -> Result<Rat
 }
 
 /// Runs llama-bench once.
-fn run_theirs(bench: &Path, model: &Path, args: &InferArgs) -> Result<Rates> {
-    let out = Command::new(bench)
-        .arg("-m")
-        .arg(model)
-        .args(["-t", &args.threads.to_string()])
-        .args(["-p", &args.prompt_tokens.to_string()])
-        .args(["-n", &args.gen_tokens.to_string()])
-        .args(["-r", "1", "-o", "json"])
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {}", bench.display()))?;
+fn run_theirs(bench: &Path, model: &Path, args: &InferArgs) -> Result<Measured> {
+    let (out, rss) = output_with_peak_rss(
+        Command::new(bench)
+            .arg("-m")
+            .arg(model)
+            .args(["-t", &args.threads.to_string()])
+            .args(["-p", &args.prompt_tokens.to_string()])
+            .args(["-n", &args.gen_tokens.to_string()])
+            .args(["-r", "1", "-o", "json"]),
+    )
+    .with_context(|| format!("cannot run {}", bench.display()))?;
     if !out.status.success() {
         bail!(
             "llama-bench failed ({}): {}",
@@ -294,11 +302,12 @@ fn run_theirs(bench: &Path, model: &Path, args: &InferArgs) -> Result<Rates> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    parse_llama_bench(
+    let rates = parse_llama_bench(
         &String::from_utf8_lossy(&out.stdout),
         args.prompt_tokens,
         args.gen_tokens,
-    )
+    )?;
+    Ok((rates, rss))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -336,44 +345,67 @@ fn bench_model(
                 theirs.push(run_theirs(llama_bench, model, args)?);
             }
         }
-        let (o, t) = (ours[run], theirs[run]);
+        let ((o, o_rss), (t, t_rss)) = (ours[run], theirs[run]);
         eprintln!(
-            "{label} run {}/{}: prefill {:.1} vs {:.1} tok/s, decode {:.1} vs {:.1} tok/s \
-             (ours vs llama.cpp)",
+            "{label} run {}/{}: prefill {:.1} vs {:.1} tok/s, decode {:.1} vs {:.1} tok/s, \
+             peak RSS {} vs {} (ours vs llama.cpp)",
             run + 1,
             args.runs,
             o.prefill,
             t.prefill,
             o.decode,
-            t.decode
+            t.decode,
+            mib(o_rss),
+            mib(t_rss)
         );
     }
-    let med = |v: &[Rates], f: fn(&Rates) -> f64| median(v.iter().map(f).collect());
+    let med = |v: &[Measured], f: fn(&Rates) -> f64| median(v.iter().map(|m| f(&m.0)).collect());
+    let med_rss = |v: &[Measured]| {
+        median(
+            v.iter()
+                .filter_map(|m| m.1)
+                .map(|kib| kib as f64 / 1024.0)
+                .collect(),
+        )
+    };
     Ok(Row {
         model: label.to_string(),
         ours_prefill: med(&ours, |r| r.prefill),
         theirs_prefill: med(&theirs, |r| r.prefill),
         ours_decode: med(&ours, |r| r.decode),
         theirs_decode: med(&theirs, |r| r.decode),
+        ours_rss_mib: med_rss(&ours),
+        theirs_rss_mib: med_rss(&theirs),
     })
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or_else(
+        || "?".to_string(),
+        |k| format!("{:.0} MiB", k as f64 / 1024.0),
+    )
 }
 
 /// The result table (Markdown).
 fn render_table(rows: &[Row], args: &InferArgs) -> String {
     let mut s = String::from(
         "| model | prefill ours (tok/s) | prefill llama.cpp | ratio | decode ours (tok/s) | \
-         decode llama.cpp | ratio |\n|---|---:|---:|---:|---:|---:|---:|\n",
+         decode llama.cpp | ratio | peak RSS ours (MiB) | peak RSS llama.cpp | ratio |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         s.push_str(&format!(
-            "| {} | {:.1} | {:.1} | {:.2}× | {:.1} | {:.1} | {:.2}× |\n",
+            "| {} | {:.1} | {:.1} | {:.2}× | {:.1} | {:.1} | {:.2}× | {:.0} | {:.0} | {:.2}× |\n",
             r.model,
             r.ours_prefill,
             r.theirs_prefill,
             r.ours_prefill / r.theirs_prefill,
             r.ours_decode,
             r.theirs_decode,
-            r.ours_decode / r.theirs_decode
+            r.ours_decode / r.theirs_decode,
+            r.ours_rss_mib,
+            r.theirs_rss_mib,
+            r.ours_rss_mib / r.theirs_rss_mib
         ));
     }
     s.push_str(&format!(

@@ -8,6 +8,7 @@ mod demo_cmd;
 mod fetch_model;
 mod generate_cmd;
 mod logging;
+mod peak_rss;
 mod peer_cmd;
 mod progress;
 mod prom;

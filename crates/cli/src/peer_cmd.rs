@@ -240,6 +240,7 @@ pub(crate) fn run_server(args: ServerArgs) -> Result<()> {
         common,
         shards_dir: args.shards_dir,
         rescan_interval: Duration::from_secs(10),
+        hash_progress: crate::progress::hash_progress(),
     };
     let rt = runtime()?;
     let result = rt.block_on(async move {

@@ -1,4 +1,4 @@
-//! Per-shard download progress bars on a node's terminal.
+//! Progress bars on a terminal: per-shard downloads on a node, hashing on a server.
 //!
 //! Only when stderr is a terminal: otherwise nothing is drawn and the logs stay plain lines. The
 //! bars follow `Handle::node_status()` (polled every 500 ms, the rate at which the transfer
@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shardswarm_node::Handle;
+use shardswarm_node::hash_cache::{HashEvent, HashProgress};
 use shardswarm_proto::NodeStatus;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -64,6 +65,46 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
     fn make_writer(&'a self) -> Self::Writer {
         LogWriter
     }
+}
+
+/// A progress bar for the server's hashing of shards it has not hashed before, when stderr is a
+/// terminal (`None` otherwise: the `hashed` log line per file is all).
+pub(crate) fn hash_progress() -> Option<HashProgress> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let mp = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
+    let style = ProgressStyle::with_template(
+        "{prefix:>24} [{bar:30.cyan/blue}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} ETA {eta:>4}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let current: Mutex<Option<ProgressBar>> = Mutex::new(None);
+    Some(HashProgress::new(move |event| {
+        let Ok(mut current) = current.lock() else {
+            return;
+        };
+        match event {
+            HashEvent::Started { file, bytes } => {
+                set_active(Some(mp.clone()));
+                let bar = mp.add(ProgressBar::new(bytes));
+                bar.set_style(style.clone());
+                bar.set_prefix(format!("hashing {file}"));
+                *current = Some(bar);
+            }
+            HashEvent::Hashed { bytes } => {
+                if let Some(bar) = current.as_ref() {
+                    bar.inc(bytes);
+                }
+            }
+            HashEvent::Finished { .. } => {
+                if let Some(bar) = current.take() {
+                    bar.finish_and_clear();
+                }
+                set_active(None);
+            }
+        }
+    }))
 }
 
 /// The running display; [`Bars::stop`] removes it.

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use libp2p::Multiaddr;
 
+use crate::hash_cache::HashProgress;
+
 /// Which shards a node wants (`--shards`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShardPolicy {
@@ -116,6 +118,8 @@ pub struct ServerConfig {
     pub shards_dir: PathBuf,
     /// How often the shards directory is checked for changes.
     pub rescan_interval: Duration,
+    /// Told about hashing progress (the catalog at start, and rescans); `None`: log lines only.
+    pub hash_progress: Option<HashProgress>,
 }
 
 /// A swarm node.

