@@ -247,7 +247,10 @@ mod tests {
         cache.set_progress(Some(progress));
         let (_, computed) = cache.metainfo(&file, "shard-0.gguf").unwrap();
         assert!(!computed);
-        assert!(events.lock().unwrap().is_empty(), "a cached file reports nothing");
+        assert!(
+            events.lock().unwrap().is_empty(),
+            "a cached file reports nothing"
+        );
     }
 
     #[test]
