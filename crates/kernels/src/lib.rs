@@ -5,7 +5,7 @@
 //! - Each input row is quantized once to 8 bits ([`Q8Block`] for the 32-value types,
 //!   [`Q8KBlock`] for the K-quants), then every weight row is an integer dot product with it.
 //! - [`Isa`]: a scalar reference ([`scalar`]) on every CPU; AVX2+FMA+F16C on x86-64 (Q4_0,
-//!   Q4_1, Q8_0, Q4_K, Q6_K) and NEON on aarch64 (Q4_0, Q4_1, Q8_0; untested here), chosen at
+//!   Q4_1, Q8_0, Q4_K, Q5_K, Q6_K) and NEON on aarch64 (Q4_0, Q4_1, Q8_0; untested here), chosen at
 //!   run time. No AVX-512/VNNI path: the CPU this was measured on has neither.
 //! - [`Engine`]: the instruction set plus a persistent [`Pool`] of `threads − 1` workers and
 //!   the caller; [`Engine::global`] uses [`default_threads`] (`RAYON_NUM_THREADS`, else the

@@ -1,4 +1,4 @@
-//! AVX2 + FMA + F16C dot products of the K-quants Q4_K and Q6_K with Q8_K activations.
+//! AVX2 + FMA + F16C dot products of the K-quants Q4_K, Q5_K and Q6_K with Q8_K activations.
 //!
 //! ggml's technique (`ggml-cpu/arch/x86/quants.c`), in our code, with the exact lane layout and
 //! `f32` operation order of candle 0.11's AVX2 kernels (which follow ggml's), so results equal
@@ -7,10 +7,12 @@
 //!   `vpmaddubsw` (no overflow: |pair| ≤ 2·63·128 < 2¹⁵ for Q6_K's 0..64 after the offset is
 //!   taken out separately), then scaled by the sub-block scales with `vpmaddwd`, into 8 `i32`
 //!   lanes;
-//! - Q4_K's minimums meet the activation's 16-value partial sums (`bsums`) in 4 lanes;
+//! - Q4_K's and Q5_K's minimums meet the activation's 16-value partial sums (`bsums`);
+//! - Q5_K's fifth bit comes from the 32-byte `qh` plane: sub-block `k` takes bit `k` of each
+//!   byte, shifted to bit 4 and added to the low nibble, so its quants are 0..32 (unsigned, as
+//!   `vpmaddubsw` wants);
 //! - one FMA per super-block applies `d_w · d_x` (and `−dmin · d_x`) in `f32`.
 //!
-//! Q5_K is not accelerated (it runs candle's or the reference kernel).
 
 #![allow(unsafe_code)]
 
@@ -20,10 +22,10 @@ use std::arch::x86_64::*;
 
 /// True when this module has a SIMD dot product for `ty`.
 pub(crate) fn accelerates(ty: QuantType) -> bool {
-    matches!(ty, QuantType::Q4_K | QuantType::Q6_K)
+    matches!(ty, QuantType::Q4_K | QuantType::Q5_K | QuantType::Q6_K)
 }
 
-/// `out[r·n + t] = dot(weight row r, activation row t)` for Q4_K or Q6_K rows.
+/// `out[r·n + t] = dot(weight row r, activation row t)` for Q4_K, Q5_K or Q6_K rows.
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; `w` must hold whole rows of `per_row` blocks and
@@ -49,6 +51,7 @@ pub(crate) unsafe fn rows_k(
     }
     match ty {
         QuantType::Q4_K => each_row!(144, dot_q4_k),
+        QuantType::Q5_K => each_row!(176, dot_q5_k),
         QuantType::Q6_K => each_row!(210, dot_q6_k),
         _ => unreachable!("rows_k on {ty:?}"),
     }
@@ -156,6 +159,71 @@ fn dot_q4_k(w: &[[u8; 144]], act: &[Q8KBlock]) -> f32 {
     let acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
     let acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
     hsum(acc) + _mm_cvtss_f32(acc_m)
+}
+
+/// Q5_K row · Q8_K activations (block: d, dmin, 12 bytes of scales/mins, 32 bytes `qh`, 128
+/// bytes of low nibbles), in candle 0.11's operation order: the minimum term is summed as a
+/// scalar per block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q5_k(w: &[[u8; 176]], act: &[Q8KBlock]) -> f32 {
+    let m4 = _mm256_set1_epi8(0xf);
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0.0f32;
+    for (b, y) in w.iter().zip(act) {
+        let d = y.d * f16_at(b[0], b[1]);
+        let dmin = -y.d * f16_at(b[2], b[3]);
+        let sm = scales_mins_k4(&b[4..16]);
+        // SAFETY: `sm` is 16 bytes; unaligned load.
+        let sm = unsafe { _mm_loadu_si128(sm.as_ptr().cast()) };
+        let mins_and_scales = _mm256_cvtepu8_epi16(sm);
+        // SAFETY: `bsums` is 16 i16 = 32 bytes; unaligned load.
+        let bsums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
+        let q8s = _mm_hadd_epi16(
+            _mm256_castsi256_si128(bsums),
+            _mm256_extracti128_si256::<1>(bsums),
+        );
+        let prod = _mm_madd_epi16(_mm256_extracti128_si256::<1>(mins_and_scales), q8s);
+        let zero = _mm_setzero_si128();
+        let h = _mm_hadd_epi32(_mm_hadd_epi32(prod, zero), zero);
+        summs += dmin * _mm_cvtsi128_si32(h) as f32;
+        let sc = _mm256_castsi256_si128(mins_and_scales);
+        let scales = _mm256_set_m128i(sc, sc);
+        let hbits = load32(b, 16);
+        let mut sumi = _mm256_setzero_si256();
+        for j in 0..4 {
+            let lo = 2 * j as i8;
+            let hi = lo + 1;
+            let scale_0 = _mm256_shuffle_epi8(
+                scales,
+                _mm256_set1_epi16(i16::from_le_bytes([2 * lo as u8, 2 * lo as u8 + 1])),
+            );
+            let scale_1 = _mm256_shuffle_epi8(
+                scales,
+                _mm256_set1_epi16(i16::from_le_bytes([2 * hi as u8, 2 * hi as u8 + 1])),
+            );
+            let q5 = load32(b, 48 + 32 * j);
+            // Bit 2j (then 2j + 1) of every qh byte, moved to bit 4.
+            let h0 = _mm256_and_si256(hbits, _mm256_set1_epi8(1 << (2 * j)));
+            let h1 = _mm256_and_si256(hbits, _mm256_set1_epi8(1 << (2 * j + 1)));
+            let (h0, h1) = match j {
+                0 => (_mm256_slli_epi16::<4>(h0), _mm256_slli_epi16::<3>(h1)),
+                1 => (_mm256_slli_epi16::<2>(h0), _mm256_slli_epi16::<1>(h1)),
+                2 => (h0, _mm256_srli_epi16::<1>(h1)),
+                _ => (_mm256_srli_epi16::<2>(h0), _mm256_srli_epi16::<3>(h1)),
+            };
+            let q5_0 = _mm256_add_epi8(_mm256_and_si256(q5, m4), h0);
+            let q5_1 = _mm256_add_epi8(_mm256_and_si256(_mm256_srli_epi16::<4>(q5), m4), h1);
+            let p0 = _mm256_madd_epi16(scale_0, _mm256_maddubs_epi16(q5_0, load_q8k(y, 64 * j)));
+            let p1 = _mm256_madd_epi16(
+                scale_1,
+                _mm256_maddubs_epi16(q5_1, load_q8k(y, 64 * j + 32)),
+            );
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum(acc) + summs
 }
 
 /// Q6_K row · Q8_K activations. The 6-bit quants are used unsigned (0..64) and the offset 32
