@@ -3,7 +3,7 @@
 //!
 //! Models: the default model and synthetic ~1.1B-parameter llama GGUFs with random weights
 //! (dim 2048, ffn 5632, 22 layers, 32/4 heads, vocab 32000, untied head — TinyLlama's shape)
-//! in Q4_0, Q4_1, Q8_0 and Q4_K, written with `shardswarm_model::synth` on first use and
+//! in Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K, written with `shardswarm_model::synth` on first use and
 //! cached under `--models-dir` (default `target/bench-models`) so reruns reuse them.
 //!
 //! One run of a model measures both sides, alternating which goes first:
@@ -34,7 +34,8 @@ use std::time::Instant;
 /// Arguments of `shardswarm bench infer`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct InferArgs {
-    /// Models to measure, comma-separated: default, q4_0, q4_1, q8_0, q4_k (synthetic 1.1B).
+    /// Models to measure, comma-separated: default, q4_0, q4_1, q8_0, q4_k, q5_k, q6_k
+    /// (synthetic 1.1B).
     #[arg(
         long,
         value_delimiter = ',',
@@ -110,6 +111,8 @@ fn synth_quant(name: &str) -> Option<GgmlDType> {
         "q4_1" => Some(GgmlDType::Q4_1),
         "q8_0" => Some(GgmlDType::Q8_0),
         "q4_k" => Some(GgmlDType::Q4K),
+        "q5_k" => Some(GgmlDType::Q5K),
+        "q6_k" => Some(GgmlDType::Q6K),
         _ => None,
     }
 }
@@ -449,7 +452,7 @@ pub(crate) fn run(args: InferArgs) -> Result<()> {
             let path = synth_model(&args.models_dir, &name, q)?;
             models.push((format!("synthetic 1.1B {q:?}"), path));
         } else {
-            bail!("unknown model {name:?}: use default, q4_0, q4_1, q8_0 or q4_k");
+            bail!("unknown model {name:?}: use default, q4_0, q4_1, q8_0, q4_k, q5_k or q6_k");
         }
     }
     let mut rows = Vec::new();
@@ -542,7 +545,7 @@ mod tests {
         let layer = 2 * s.dim * s.dim + 2 * kv * s.dim + 3 * s.dim * s.ffn;
         let params = s.layers as usize * layer + 2 * s.vocab * s.dim;
         assert!((1_000_000_000..1_200_000_000).contains(&params), "{params}");
-        for q in ["q4_0", "q4_1", "q8_0", "q4_k"] {
+        for q in ["q4_0", "q4_1", "q8_0", "q4_k", "q5_k", "q6_k"] {
             let q = synth_quant(q).context("known type")?;
             assert_eq!(s.dim % q.block_size(), 0);
             assert_eq!(s.ffn % q.block_size(), 0);
