@@ -7,7 +7,9 @@ use libp2p::kad::store::MemoryStore;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{StreamProtocol, identify, kad, ping, rendezvous};
+use libp2p::{
+    StreamProtocol, connection_limits, identify, kad, memory_connection_limits, ping, rendezvous,
+};
 use shardswarm_proto::status::Role;
 
 use crate::codec::{CMD_PROTOCOL, CmdCodec};
@@ -55,6 +57,10 @@ pub(crate) struct Behaviour {
     pub(crate) cmd: request_response::Behaviour<CmdCodec>,
     /// Raw streams: the piece protocol.
     pub(crate) stream: libp2p_stream::Behaviour,
+    /// Connections per peer, incoming and pending (see `peer_limits`).
+    pub(crate) limits: connection_limits::Behaviour,
+    /// No new connections while the process uses most of the machine's memory.
+    pub(crate) memory: memory_connection_limits::Behaviour,
 }
 
 impl Behaviour {
@@ -94,6 +100,10 @@ impl Behaviour {
                 request_response::Config::default().with_request_timeout(request_timeout),
             ),
             stream: libp2p_stream::Behaviour::new(),
+            limits: connection_limits::Behaviour::new(crate::peer_limits::connection_limits()),
+            memory: memory_connection_limits::Behaviour::with_max_percentage(
+                crate::peer_limits::MAX_MEMORY_FRACTION,
+            ),
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
@@ -86,6 +86,33 @@ pub(crate) struct EventLoop {
     pub(crate) rtts: crate::inference::Rtts,
     /// Open connections per peer (transport, remote addresses).
     pub(crate) connections: crate::peers::Connections,
+    /// Inbound command rate per peer.
+    pub(crate) cmd_limiter: crate::peer_limits::CommandLimiter,
+}
+
+/// The handler of a command over its peer's rate: refuses without running it.
+struct RateLimited;
+
+impl crate::dispatch::Handler for RateLimited {
+    fn handle(
+        &mut self,
+        _: PeerId,
+        _: &shardswarm_proto::Request,
+    ) -> Result<serde_json::Value, shardswarm_proto::ErrorBody> {
+        Err(shardswarm_proto::ErrorBody::new(
+            shardswarm_proto::ErrorCode::NotReady,
+            RATE_LIMITED_MESSAGE,
+        ))
+    }
+}
+
+const RATE_LIMITED_MESSAGE: &str = "rate limited: this peer sent more commands per second than \
+     allowed; retry later";
+
+/// Refusals for rate are counted in the metrics, not logged one by one (a flood would flood
+/// the log).
+fn is_rate_limited(err: &shardswarm_proto::ErrorBody) -> bool {
+    err.message == RATE_LIMITED_MESSAGE
 }
 
 /// A stage load finished.
@@ -297,6 +324,7 @@ impl EventLoop {
                 self.connection_down(peer_id, connection_id);
                 if num_established == 0 {
                     debug!(target: "shardswarm::peer", peer = %peer_id, "disconnected");
+                    self.cmd_limiter.forget(&peer_id);
                     let gone = self.peers.remove(&peer_id);
                     self.transfer.send(TransferCmd::PeerDown { peer: peer_id });
                     if let RoleState::Server(s) = &mut self.role {
@@ -448,7 +476,12 @@ impl EventLoop {
                 ..
             } => {
                 let local = self.local();
-                let outcome = dispatch(self, local, peer, &request, unix_now());
+                let outcome = if self.cmd_limiter.allow(peer, Instant::now()) {
+                    dispatch(self, local, peer, &request, unix_now())
+                } else {
+                    self.metrics.commands_rate_limited.inc();
+                    dispatch(&mut RateLimited, local, peer, &request, unix_now())
+                };
                 let error = outcome.response.error_body().map(|e| e.code);
                 let status = error
                     .map(|c| c.to_string())
@@ -459,7 +492,9 @@ impl EventLoop {
                     .map(|r| r.command.name())
                     .unwrap_or("UNKNOWN");
                 self.metrics.count_command(command, "inbound", status);
-                if let Some(err) = outcome.response.error_body() {
+                if let Some(err) = outcome.response.error_body()
+                    && !is_rate_limited(&err)
+                {
                     warn!(target: "shardswarm::cmd", %peer, command = outcome.response.command, code = %err.code, "refused: {}", err.message);
                 }
                 let bytes = encode_response(&outcome.response);

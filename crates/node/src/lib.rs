@@ -20,6 +20,7 @@ pub mod metrics;
 mod msglog;
 mod node_role;
 mod node_shards;
+pub mod peer_limits;
 pub mod peers;
 mod respond;
 mod server_assign;
@@ -185,6 +186,7 @@ fn spawn(
         loading: HashSet::new(),
         rtts,
         connections: Default::default(),
+        cmd_limiter: Default::default(),
     };
     tokio::spawn(event_loop.run());
     let handle = Handle {

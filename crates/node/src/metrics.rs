@@ -41,6 +41,7 @@ pub struct Metrics {
     pub(crate) shards_loaded: Gauge,
     step_seconds: Histogram,
     hop_seconds: Histogram,
+    pub(crate) commands_rate_limited: Counter,
 }
 
 /// Labels of `shardswarm_connected_peers_by_transport`.
@@ -175,7 +176,14 @@ impl Metrics {
             "Time per hop of a decode step (its round trip divided by the route's hops), seconds",
             hop_seconds.clone(),
         );
+        let commands_rate_limited = Counter::default();
+        registry.register(
+            "shardswarm_commands_rate_limited",
+            "Inbound commands refused because their peer exceeded its command rate",
+            commands_rate_limited.clone(),
+        );
         Metrics {
+            commands_rate_limited,
             by_transport,
             banned_peers,
             shards_loaded,
