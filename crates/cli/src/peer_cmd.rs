@@ -24,6 +24,10 @@ pub(crate) struct SharedArgs {
     /// Cap on shard bytes received per second, e.g. 20MB/s.
     #[arg(long, value_name = "RATE")]
     download_limit: Option<Rate>,
+    /// Cap on shard bytes per second, each direction, over connections relayed through the
+    /// server (a node behind NAT whose hole punch failed); direct connections are not under it.
+    #[arg(long, value_name = "RATE", default_value = "2MB/s")]
+    relayed_limit: Rate,
     /// Where a node downloads pieces from: any peer holding them, or the server only.
     #[arg(long, value_enum, default_value_t = FetchFrom::Any)]
     fetch_from: FetchFrom,
@@ -32,6 +36,17 @@ pub(crate) struct SharedArgs {
     /// choice unless this is given. Give each node 1 when several share a machine.
     #[arg(long, value_name = "T")]
     threads: Option<NonZeroUsize>,
+    /// Also serve the shards held over the standard BitTorrent wire (plain TCP, no
+    /// authentication) on this address, e.g. 127.0.0.1:6881.
+    #[arg(long, value_name = "ADDR")]
+    bt_listen: Option<std::net::SocketAddr>,
+    /// Private swarm: a file with the swarm's key (32 random bytes, base64; make one with
+    /// `head -c 32 /dev/urandom | base64 > swarm.key`). Peers without the same key are refused.
+    #[arg(long, value_name = "FILE", conflicts_with = "bt_listen")]
+    swarm_key: Option<PathBuf>,
+    /// Require `Authorization: Bearer KEY` on every HTTP route but the dashboard page.
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
 }
 
 /// `--fetch-from`.
@@ -44,11 +59,28 @@ enum FetchFrom {
 }
 
 impl SharedArgs {
+    /// Reads `--swarm-key` into `common`; the HTTP options from `--api-key`.
+    fn security(&self, common: &mut CommonConfig) -> Result<shardswarm_gateway::HttpOptions> {
+        if let Some(path) = &self.swarm_key {
+            common.swarm_key = Some(shardswarm_node::SwarmKey::read(path)?);
+        }
+        let api_key = match &self.api_key {
+            Some(k) => Some(
+                shardswarm_gateway::auth::ApiKey::new(k).context("--api-key must not be empty")?,
+            ),
+            None => None,
+        };
+        Ok(shardswarm_gateway::HttpOptions { api_key })
+    }
+
     fn apply(&self, common: &mut CommonConfig) {
         common.transfer = TransferConfig {
             upload_limit: self.upload_limit,
             download_limit: self.download_limit,
             server_only: self.fetch_from == FetchFrom::Server,
+            bt_listen: self.bt_listen,
+            bt_peers: Vec::new(),
+            relayed_limit: Some(self.relayed_limit),
         };
     }
 }
@@ -99,6 +131,10 @@ pub(crate) struct NodeArgs {
     /// Serve the HTTP API on this address too.
     #[arg(long)]
     http: Option<String>,
+    /// Also download shards from this regular BitTorrent client (repeatable), e.g.
+    /// 127.0.0.1:6881.
+    #[arg(long, value_name = "ADDR")]
+    bt_peer: Vec<std::net::SocketAddr>,
 }
 
 /// candle's compute-thread count for a node without `--threads`: `RAYON_NUM_THREADS` when it
@@ -189,7 +225,12 @@ pub(crate) async fn shutdown_signal() {
 }
 
 /// Prints the addresses, serves HTTP if asked, waits for a signal, then shuts down.
-async fn serve_until_signal(handle: Handle, http: Option<String>, data_dir: PathBuf) -> Result<()> {
+async fn serve_until_signal(
+    handle: Handle,
+    http: Option<String>,
+    http_opts: shardswarm_gateway::HttpOptions,
+    data_dir: PathBuf,
+) -> Result<()> {
     for addr in handle
         .listen_addrs()
         .await
@@ -197,13 +238,18 @@ async fn serve_until_signal(handle: Handle, http: Option<String>, data_dir: Path
     {
         println!("listening on {addr}");
     }
+    if let Some(addr) = handle.bt_listen_addr() {
+        println!("bittorrent listening on {addr}");
+    }
     let (stop_http_tx, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
     let http_task = match http {
         Some(addr) => {
-            let (_, fut) = shardswarm_gateway::serve(handle.clone(), &addr, &data_dir, async {
+            let stop = async {
                 let _ = stop_http_rx.await;
-            })
-            .await?;
+            };
+            let (_, fut) =
+                shardswarm_gateway::serve_with(handle.clone(), &addr, &data_dir, http_opts, stop)
+                    .await?;
             Some(tokio::spawn(fut))
         }
         None => None,
@@ -236,6 +282,7 @@ pub(crate) fn run_server(args: ServerArgs) -> Result<()> {
     };
     let mut common = CommonConfig::new(args.data_dir.clone(), listen);
     args.shared.apply(&mut common);
+    let http_opts = args.shared.security(&mut common)?;
     let cfg = ServerConfig {
         common,
         shards_dir: args.shards_dir,
@@ -245,7 +292,7 @@ pub(crate) fn run_server(args: ServerArgs) -> Result<()> {
     let rt = runtime()?;
     let result = rt.block_on(async move {
         let handle = shardswarm_node::start_server(cfg).await?.handle;
-        serve_until_signal(handle, Some(args.http), args.data_dir).await
+        serve_until_signal(handle, Some(args.http), http_opts, args.data_dir).await
     });
     rt.shutdown_timeout(Duration::from_millis(100));
     result
@@ -263,6 +310,8 @@ pub(crate) fn run_node(args: NodeArgs) -> Result<()> {
     };
     let mut common = CommonConfig::new(args.data_dir.clone(), listen);
     args.shared.apply(&mut common);
+    let http_opts = args.shared.security(&mut common)?;
+    common.transfer.bt_peers = args.bt_peer;
     let cfg = NodeConfig {
         common,
         server: args.server,
@@ -274,7 +323,7 @@ pub(crate) fn run_node(args: NodeArgs) -> Result<()> {
     let result = rt.block_on(async move {
         let handle = shardswarm_node::start_node(cfg).await?.handle;
         let bars = crate::progress::Bars::start(handle.clone());
-        let result = serve_until_signal(handle, args.http, args.data_dir).await;
+        let result = serve_until_signal(handle, args.http, http_opts, args.data_dir).await;
         if let Some(bars) = bars {
             bars.stop().await;
         }

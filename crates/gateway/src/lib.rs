@@ -3,9 +3,11 @@
 //! `GET /api/peers`, the live `GET /api/events` stream).
 //!
 //! [`router`] builds the axum `Router`; [`serve`] binds it, writes `DATA_DIR/http.addr` and runs
-//! until the shutdown future resolves.
+//! until the shutdown future resolves. With an API key ([`HttpOptions`], `--api-key`) every route
+//! but the dashboard page and its assets asks for `Authorization: Bearer KEY` ([`auth`]).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod auth;
 pub mod backend;
 pub mod dashboard;
 pub mod openai;
@@ -45,19 +47,37 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Settings of a peer's HTTP API.
+#[derive(Debug, Clone, Default)]
+pub struct HttpOptions {
+    /// `--api-key`: when set, every route but the dashboard page and its assets asks for
+    /// `Authorization: Bearer KEY` ([`auth`]).
+    pub api_key: Option<auth::ApiKey>,
+}
+
 /// The routes of a peer's HTTP API: status, metrics and the OpenAI-compatible API served by
-/// the swarm's pipeline through this peer.
+/// the swarm's pipeline through this peer; no API key.
 pub fn router(handle: Handle) -> Router {
+    router_with(handle, HttpOptions::default())
+}
+
+/// [`router`] with `opts` (the API key).
+pub fn router_with(handle: Handle, opts: HttpOptions) -> Router {
     let backend = std::sync::Arc::new(swarm_backend::SwarmBackend::new(handle.clone()));
-    Router::new()
+    let api = Router::new()
         .route("/api/status", get(status))
         .route("/metrics", get(metrics))
         .with_state(handle.clone())
-        .merge(dashboard::routes(handle))
+        .merge(dashboard::api_routes(handle))
         .merge(openai::openai_router(
             backend,
             openai::ApiOptions::default(),
-        ))
+        ));
+    let api = match opts.api_key {
+        Some(key) => api.route_layer(axum::middleware::from_fn_with_state(key, auth::require_key)),
+        None => api,
+    };
+    dashboard::page_routes().merge(api)
 }
 
 async fn status(
@@ -102,11 +122,31 @@ pub enum ServeError {
 }
 
 /// Binds `addr`, writes the bound address to `data_dir/http.addr` and returns the bound address
-/// and the server future (which ends when `shutdown` resolves).
+/// and the server future (which ends when `shutdown` resolves). No API key.
 pub async fn serve<S>(
     handle: Handle,
     addr: &str,
     data_dir: &Path,
+    shutdown: S,
+) -> Result<
+    (
+        SocketAddr,
+        impl Future<Output = std::io::Result<()>> + Send + use<S>,
+    ),
+    ServeError,
+>
+where
+    S: Future<Output = ()> + Send + 'static,
+{
+    serve_with(handle, addr, data_dir, HttpOptions::default(), shutdown).await
+}
+
+/// [`serve`] with `opts` (the API key).
+pub async fn serve_with<S>(
+    handle: Handle,
+    addr: &str,
+    data_dir: &Path,
+    opts: HttpOptions,
     shutdown: S,
 ) -> Result<
     (
@@ -135,8 +175,13 @@ where
             source,
         },
     )?;
-    info!(target: "shardswarm::http", "HTTP API on http://{local}");
-    let app = router(handle);
+    let keyed = if opts.api_key.is_some() {
+        " (API key required)"
+    } else {
+        ""
+    };
+    info!(target: "shardswarm::http", "HTTP API on http://{local}{keyed}");
+    let app = router_with(handle, opts);
     let fut = async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)

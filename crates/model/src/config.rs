@@ -233,6 +233,13 @@ impl LlamaConfig {
             },
             Err(e) => return Err(e),
         };
+        if embedding_length == 0 || feed_forward_length == 0 || vocab_size == 0 {
+            return Err(ConfigError::Unsupported {
+                reason: format!(
+                    "zero width (embedding {embedding_length}, feed-forward {feed_forward_length}, vocabulary {vocab_size})"
+                ),
+            });
+        }
         let name = get_str(md, "general.name").ok().map(str::to_string);
         Ok(Self {
             arch,
@@ -289,6 +296,16 @@ mod tests {
     fn refuses_other_architectures_by_name() {
         let err = LlamaConfig::from_metadata(&md("gemma2"), |_| None).expect_err("refused");
         assert!(err.to_string().contains("gemma2"), "{err}");
+    }
+
+    #[test]
+    fn refuses_zero_widths() {
+        let mut m = md("llama");
+        m.insert("llama.feed_forward_length".into(), Value::U32(0));
+        assert!(LlamaConfig::from_metadata(&m, |_| None).is_err());
+        let mut m = md("llama");
+        m.insert("llama.vocab_size".into(), Value::U32(0));
+        assert!(LlamaConfig::from_metadata(&m, |_| None).is_err());
     }
 
     #[test]

@@ -5,8 +5,6 @@
 use std::io::BufReader;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::Content;
-
 use crate::{ChatTemplate, GenerateError, GgufTokenizer, LlamaConfig, StageError};
 
 /// A model's configuration, tokenizer and chat template.
@@ -28,10 +26,11 @@ impl ModelInfo {
             source,
         };
         let mut reader = BufReader::new(std::fs::File::open(path).map_err(io)?);
-        let content = Content::read(&mut reader).map_err(|source| StageError::Gguf {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let content =
+            crate::gguf::read_content(&mut reader).map_err(|source| StageError::Gguf {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let config = LlamaConfig::from_content(&content).map_err(|source| StageError::Config {
             path: path.to_path_buf(),
             source,

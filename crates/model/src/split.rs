@@ -232,6 +232,14 @@ pub fn split(
             block_count,
         });
     }
+    // Every block has tensors, so a count past the tensors is a lie (refused before anything is
+    // allocated per block).
+    if block_count as usize > g.tensors().len() {
+        return Err(incomplete(format!(
+            "{block_count} blocks claimed but the file has {} tensors",
+            g.tensors().len()
+        )));
+    }
     let places = classify(g.tensors(), block_count)?;
     let embedding = g
         .tensor(EMBEDDING)

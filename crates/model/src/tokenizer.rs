@@ -6,7 +6,7 @@
 //! "llama"`) are refused: they carry scores, not merges, and need a different model.
 
 use crate::config::{as_u64, get_bool};
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::Value;
 use std::collections::HashMap;
 use std::path::Path;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
@@ -164,7 +164,7 @@ impl GgufTokenizer {
         let mut f = std::io::BufReader::new(
             std::fs::File::open(path).map_err(|e| file_err(e.to_string()))?,
         );
-        let content = Content::read(&mut f).map_err(|e| file_err(e.to_string()))?;
+        let content = crate::gguf::read_content(&mut f).map_err(|e| file_err(e.to_string()))?;
         Self::from_metadata(&content.metadata)
     }
 

@@ -8,7 +8,8 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, connection_limits, identify, kad, memory_connection_limits, ping, rendezvous,
+    StreamProtocol, autonat, connection_limits, dcutr, identify, kad, memory_connection_limits,
+    ping, relay, rendezvous,
 };
 use shardswarm_proto::status::Role;
 
@@ -61,11 +62,24 @@ pub(crate) struct Behaviour {
     pub(crate) limits: connection_limits::Behaviour,
     /// No new connections while the process uses most of the machine's memory.
     pub(crate) memory: memory_connection_limits::Behaviour,
+    /// Circuit relay v2, relay side (on the server), with the limits of `nat::relay_server`.
+    pub(crate) relay_server: Toggle<relay::Behaviour>,
+    /// Circuit relay v2, client side (on nodes): reservations and relayed dials.
+    pub(crate) relay_client: Toggle<relay::client::Behaviour>,
+    /// AutoNAT v1: dial-backs for others everywhere; probes of our own reachability on nodes.
+    pub(crate) autonat: autonat::Behaviour,
+    /// Hole punching over a relayed connection (on nodes).
+    pub(crate) dcutr: Toggle<dcutr::Behaviour>,
 }
 
 impl Behaviour {
-    /// Builds the behaviour for `role`.
-    pub(crate) fn new(key: &Keypair, role: Role, request_timeout: Duration) -> Self {
+    /// Builds the behaviour for `role`; a node brings the client half of its relay transport.
+    pub(crate) fn new(
+        key: &Keypair,
+        role: Role,
+        request_timeout: Duration,
+        relay_client: Option<relay::client::Behaviour>,
+    ) -> Self {
         let peer_id = key.public().to_peer_id();
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         // Holders re-announce every 10 minutes; a record of a peer that left stops being handed
@@ -104,6 +118,14 @@ impl Behaviour {
             memory: memory_connection_limits::Behaviour::with_max_percentage(
                 crate::peer_limits::MAX_MEMORY_FRACTION,
             ),
+            relay_server: (role == Role::Server)
+                .then(|| crate::nat::relay_server(peer_id))
+                .into(),
+            relay_client: relay_client.into(),
+            autonat: autonat::Behaviour::new(peer_id, crate::nat::autonat_config(role)),
+            dcutr: (role == Role::Node)
+                .then(|| dcutr::Behaviour::new(peer_id))
+                .into(),
         }
     }
 }

@@ -93,6 +93,9 @@ pub struct CommonConfig {
     pub transfer: crate::transfer::TransferConfig,
     /// Session and KV-memory limits of the stage server.
     pub stage_limits: shardswarm_pipeline::StageLimits,
+    /// The private swarm's key (`--swarm-key`): when set, every connection must prove it
+    /// holds the same key before any behaviour sees it (see `swarm_key`).
+    pub swarm_key: Option<crate::swarm_key::SwarmKey>,
 }
 
 impl CommonConfig {
@@ -105,6 +108,7 @@ impl CommonConfig {
             request_timeout: Duration::from_secs(10),
             transfer: Default::default(),
             stage_limits: Default::default(),
+            swarm_key: None,
         }
     }
 }

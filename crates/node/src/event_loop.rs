@@ -74,6 +74,10 @@ pub(crate) struct EventLoop {
     pub(crate) peers: HashMap<PeerId, PeerInfo>,
     pub(crate) pending: HashMap<OutboundRequestId, Pending>,
     pub(crate) listeners_pending: HashSet<ListenerId>,
+    /// When the listen addresses are published even if some listeners never report one (a
+    /// wildcard listener on a family the host has no address of — IPv6 disabled — stays
+    /// silent forever). Set by the first address.
+    pub(crate) listen_deadline: Option<Instant>,
     pub(crate) listen_addrs: Vec<Multiaddr>,
     /// Stages loaded here (shared with the stage server).
     pub(crate) stages: Arc<crate::inference::StageRegistry>,
@@ -88,7 +92,12 @@ pub(crate) struct EventLoop {
     pub(crate) connections: crate::peers::Connections,
     /// Inbound command rate per peer.
     pub(crate) cmd_limiter: crate::peer_limits::CommandLimiter,
+    /// Reachability, relay reservation, direct vs relayed connections (`nat`).
+    pub(crate) nat: crate::nat::NatState,
 }
+
+/// How long after the first listen address the others may take to come up.
+const LISTEN_GRACE: Duration = Duration::from_secs(3);
 
 /// The handler of a command over its peer's rate: refuses without running it.
 struct RateLimited;
@@ -188,6 +197,7 @@ impl EventLoop {
     }
 
     fn on_tick(&mut self) {
+        self.listen_grace_check();
         match &self.role {
             RoleState::Server(_) => self.server_tick(),
             RoleState::Node(_) => self.node_tick(),
@@ -275,6 +285,7 @@ impl EventLoop {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         self.metrics.libp2p.record(&event);
+        self.nat_observe(&event);
         match event {
             SwarmEvent::Behaviour(ev) => self.on_behaviour_event(ev),
             SwarmEvent::NewListenAddr {
@@ -303,11 +314,7 @@ impl EventLoop {
                 ..
             } => {
                 debug!(target: "shardswarm::peer", peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
-                self.connection_up(
-                    peer_id,
-                    connection_id,
-                    endpoint.get_remote_address().clone(),
-                );
+                self.connection_up(peer_id, connection_id, crate::nat::shown_addr(&endpoint));
                 if num_established.get() == 1 {
                     self.peers.entry(peer_id).or_default();
                     if let RoleState::Node(_) = self.role {
@@ -319,6 +326,7 @@ impl EventLoop {
                 peer_id,
                 num_established,
                 connection_id,
+                cause,
                 ..
             } => {
                 self.connection_down(peer_id, connection_id);
@@ -326,6 +334,16 @@ impl EventLoop {
                     debug!(target: "shardswarm::peer", peer = %peer_id, "disconnected");
                     self.cmd_limiter.forget(&peer_id);
                     let gone = self.peers.remove(&peer_id);
+                    // Only a node still without a catalog is told: in a running swarm, peers
+                    // that drop a connection before identify (shutdowns, dial races) are
+                    // common and not a hint of anything.
+                    let unsynced = matches!(&self.role, RoleState::Node(n) if n.catalog.is_none());
+                    if unsynced && cause.is_some() && gone.as_ref().is_none_or(|p| p.role.is_none())
+                    {
+                        // What a peer without the swarm key sees of a private swarm's refusal
+                        // (the keyed side refuses in its transport, before identify).
+                        warn!(target: "shardswarm::auth", peer = %peer_id, "connection closed by the peer before it identified itself: it may run a private swarm (start with its --swarm-key)");
+                    }
                     self.transfer.send(TransferCmd::PeerDown { peer: peer_id });
                     if let RoleState::Server(s) = &mut self.role {
                         // What the leaver held: its assignment and what it reported loaded.
@@ -369,11 +387,32 @@ impl EventLoop {
         info!(target: "shardswarm::peer", "listening on {full}");
         self.swarm.add_external_address(address.clone());
         self.listen_addrs.push(full);
+        self.listen_deadline
+            .get_or_insert_with(|| Instant::now() + LISTEN_GRACE);
         self.listener_settled(listener_id);
     }
 
     fn listener_settled(&mut self, listener_id: ListenerId) {
         self.listeners_pending.remove(&listener_id);
+        self.publish_listen_addrs();
+    }
+
+    /// Called every tick: past the grace period, listeners that never reported an address are
+    /// given up on, so `server.addrs`, the HTTP gateway and everything waiting on the listen
+    /// addresses go on with the ones that work.
+    pub(crate) fn listen_grace_check(&mut self) {
+        if self.listeners_pending.is_empty()
+            || self.listen_deadline.is_none_or(|d| Instant::now() < d)
+        {
+            return;
+        }
+        warn!(target: "shardswarm::peer", silent = self.listeners_pending.len(),
+            "some listen addresses never came up (an address family this host lacks?); going on with the others");
+        self.listeners_pending.clear();
+        self.publish_listen_addrs();
+    }
+
+    fn publish_listen_addrs(&mut self) {
         if self.listeners_pending.is_empty() && !self.listen_addrs.is_empty() {
             let mut addrs = self.listen_addrs.clone();
             addrs.sort_by_key(|a| !a.iter().any(|p| matches!(p, Protocol::QuicV1)));
@@ -429,6 +468,10 @@ impl EventLoop {
             BehaviourEvent::RendezvousServer(ev) => {
                 debug!(target: "shardswarm::rendezvous", ?ev, "rendezvous server event");
             }
+            ev @ (BehaviourEvent::RelayServer(_)
+            | BehaviourEvent::RelayClient(_)
+            | BehaviourEvent::Autonat(_)
+            | BehaviourEvent::Dcutr(_)) => self.on_nat_event(ev),
         }
     }
 

@@ -122,6 +122,8 @@ pub struct Handle {
     pub(crate) peer_id: PeerId,
     pub(crate) metrics: std::sync::Arc<Metrics>,
     pub(crate) inference: std::sync::Arc<crate::inference::Inference>,
+    /// Where the BitTorrent wire listener is bound (`--bt-listen`).
+    pub(crate) bt_listen: Option<std::net::SocketAddr>,
 }
 
 /// A local GGUF file carrying the model's metadata (tokenizer, template, configuration).
@@ -136,6 +138,11 @@ pub struct ModelFile {
 }
 
 impl Handle {
+    /// The address the BitTorrent wire listener is bound to (`--bt-listen`), if any.
+    pub fn bt_listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.bt_listen
+    }
+
     /// This peer's ID.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id

@@ -7,6 +7,7 @@
 
 pub mod assign;
 mod behaviour;
+mod bt;
 pub mod catalog;
 mod codec;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod identity;
 pub mod inference;
 pub mod metrics;
 mod msglog;
+pub mod nat;
 mod node_role;
 mod node_shards;
 pub mod peer_limits;
@@ -27,6 +29,8 @@ mod server_assign;
 mod server_role;
 pub mod status;
 pub mod store;
+pub mod swarm_key;
+pub mod swarm_key_transport;
 pub mod transfer;
 
 use std::collections::{HashMap, HashSet};
@@ -34,7 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::multiaddr::Protocol;
-use libp2p::{Multiaddr, Swarm, noise, tcp, yamux};
+use libp2p::{Multiaddr, Swarm};
 use prometheus_client::registry::Registry;
 use shardswarm_proto::status::Role;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -45,6 +49,7 @@ pub use codec::{CMD_PROTOCOL, InboundBytes};
 pub use config::{CommonConfig, NodeConfig, ServerConfig, ShardPolicy, Transports};
 pub use handle::{Event, Handle, HandleError, ModelFile};
 pub use msglog::seed_json;
+pub use swarm_key::SwarmKey;
 
 use crate::behaviour::Behaviour;
 use crate::catalog::{Catalog, CatalogError};
@@ -92,6 +97,12 @@ fn build_swarm(
     common: &CommonConfig,
     role: Role,
 ) -> Result<(Swarm<Behaviour>, Registry), StartError> {
+    if common.swarm_key.is_some() && common.transfer.bt_listen.is_some() {
+        return Err(StartError::Transport(
+            "--bt-listen (plain BitTorrent, no authentication) cannot be combined with --swarm-key"
+                .into(),
+        ));
+    }
     std::fs::create_dir_all(&common.data_dir).map_err(|source| StartError::DataDir {
         path: common.data_dir.clone(),
         source,
@@ -99,19 +110,37 @@ fn build_swarm(
     let key = identity::load_or_create(&common.data_dir.join("identity.key"))?;
     let mut registry = Registry::default();
     let timeout = common.request_timeout;
+    // QUIC and TCP (noise, yamux), gated by the swarm key when there is one.
+    let refusals = swarm_key_transport::Refusals::default();
+    registry.register(
+        "shardswarm_swarm_key_refused",
+        "Connections refused by the swarm-key check, by reason",
+        refusals.clone(),
+    );
+    if let Some(k) = &common.swarm_key {
+        info!(target: "shardswarm::auth", fingerprint = k.fingerprint(), "private swarm: connections must prove the swarm key");
+    }
+    let swarm_key = common.swarm_key.clone();
+    // Nodes also dial and listen through the server's circuit relay (`nat`); relayed
+    // connections go through the same upgrades and swarm-key gate.
+    let (relay_transport, relay_client) = match role {
+        Role::Node => {
+            let (t, b) = libp2p::relay::client::new(key.public().to_peer_id());
+            (Some(t), Some(b))
+        }
+        Role::Server => (None, None),
+    };
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
+        .with_other_transport(|k| {
+            swarm_key_transport::transport_counted(k, swarm_key, refusals, relay_transport)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        })
         .map_err(|e| StartError::Transport(e.to_string()))?
-        .with_quic()
         .with_dns()
         .map_err(|e| StartError::Transport(e.to_string()))?
         .with_bandwidth_metrics(&mut registry)
-        .with_behaviour(|key| Behaviour::new(key, role, timeout))
+        .with_behaviour(|key| Behaviour::new(key, role, timeout, relay_client))
         .map_err(|e| StartError::Transport(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
         .build();
@@ -120,7 +149,7 @@ fn build_swarm(
 
 fn spawn(
     mut swarm: Swarm<Behaviour>,
-    registry: Registry,
+    mut registry: Registry,
     common: &CommonConfig,
     role: RoleState,
 ) -> Result<Started, StartError> {
@@ -151,11 +180,17 @@ fn spawn(
     let (tx, rx) = mpsc::channel(64);
     let (events, first_rx) = broadcast::channel(1024);
     let (listen_tx, listen_rx) = watch::channel(None);
+    let nat = nat::NatState::new(&mut registry, common.transfer.relayed_limit);
     let metrics = Arc::new(metrics::Metrics::new(registry));
     let control = swarm.behaviour().stream.new_control();
-    let (transfer, transfer_events) =
-        transfer::spawn(control, common.transfer.clone(), metrics.clone())
-            .map_err(StartError::Transport)?;
+    let (transfer, transfer_events) = transfer::spawn(
+        control,
+        common.transfer.clone(),
+        metrics.clone(),
+        nat.paths.clone(),
+    )
+    .map_err(StartError::Transport)?;
+    let bt_listen = transfer.bt_addr;
     let rtts: inference::Rtts = Arc::default();
     let inference = inference::Inference::start(
         swarm.behaviour().stream.new_control(),
@@ -179,6 +214,7 @@ fn spawn(
         peers: HashMap::new(),
         pending: HashMap::new(),
         listeners_pending: listeners,
+        listen_deadline: None,
         listen_addrs: Vec::new(),
         stages: inference.stages.clone(),
         stage_tx,
@@ -187,6 +223,7 @@ fn spawn(
         rtts,
         connections: Default::default(),
         cmd_limiter: Default::default(),
+        nat,
     };
     tokio::spawn(event_loop.run());
     let handle = Handle {
@@ -196,6 +233,7 @@ fn spawn(
         peer_id,
         metrics,
         inference,
+        bt_listen,
     };
     Ok(Started {
         handle,

@@ -61,7 +61,7 @@ pub struct OutcomeLabels {
 /// Labels of the byte counters: whether the other side is the server or a peer.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
-    /// `server` or `peer`.
+    /// `server`, `peer` or `bittorrent` (a regular client over the BitTorrent wire).
     pub source: &'static str,
 }
 
@@ -233,7 +233,7 @@ impl Metrics {
         self.uploaded.get()
     }
 
-    /// Payload bytes received so far from `source` (`server` or `peer`).
+    /// Payload bytes received so far from `source` (`server`, `peer` or `bittorrent`).
     pub fn downloaded_from(&self, source: &'static str) -> u64 {
         self.downloaded
             .get_or_create(&SourceLabels { source })
@@ -242,7 +242,9 @@ impl Metrics {
 
     /// Payload bytes received so far, every source.
     pub fn downloaded_total(&self) -> u64 {
-        self.downloaded_from("server") + self.downloaded_from("peer")
+        self.downloaded_from("server")
+            + self.downloaded_from("peer")
+            + self.downloaded_from("bittorrent")
     }
 
     /// Records the step round trips of one generation over a route of `hops` hops: the first

@@ -21,6 +21,8 @@ use crate::msglog;
 use crate::store::{LocalStore, validate_model_id};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often a node asks the server's rendezvous for the other nodes.
+const DISCOVER_EVERY: Duration = Duration::from_secs(30);
 
 pub(crate) struct NodeState {
     pub(crate) cfg: NodeConfig,
@@ -138,13 +140,12 @@ impl EventLoop {
         let redial = n.redial_at.is_some_and(|t| now >= t);
         let resync = std::mem::take(&mut n.resync);
         let server = n.server;
-        let discover = n
-            .last_discover
-            .is_some_and(|t| now >= t + Duration::from_secs(30));
+        let discover = n.last_discover.is_some_and(|t| now >= t + DISCOVER_EVERY);
         if redial {
             n.redial_at = None;
             self.dial_entry_points();
         }
+        self.nat_tick();
         if let Some(server) = server.filter(|s| self.swarm.is_connected(s)) {
             if resync {
                 self.start_sync(server);
@@ -298,7 +299,7 @@ impl EventLoop {
         }
     }
 
-    fn register(&mut self, server: PeerId) {
+    pub(crate) fn register(&mut self, server: PeerId) {
         let Some(rv) = self.swarm.behaviour_mut().rendezvous_client.as_mut() else {
             return;
         };
@@ -311,6 +312,15 @@ impl EventLoop {
         };
         if let Err(e) = rv.register(ns, server, None) {
             warn!(target: "shardswarm::rendezvous", error = %e, "cannot register with the server");
+        }
+    }
+
+    /// Makes the next periodic rendezvous discovery happen `after` from now.
+    pub(crate) fn discover_soon(&mut self, after: Duration) {
+        if let Some(n) = self.node() {
+            n.last_discover = Instant::now()
+                .checked_sub(DISCOVER_EVERY.saturating_sub(after))
+                .or(n.last_discover);
         }
     }
 

@@ -14,7 +14,8 @@ use crate::hash_cache::HashCache;
 /// Why a name from the network is refused as a path component.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
-    /// The model id has characters outside `[A-Za-z0-9._-]`, starts with a dot or is too long.
+    /// The model id has characters outside `[A-Za-z0-9._-]`, starts with a dot, is too long or
+    /// is a Windows device name.
     #[error("model id {0:?} is not a safe directory name")]
     ModelId(String),
     /// The file name is not `shard-N.gguf`.
@@ -29,7 +30,9 @@ pub fn validate_model_id(id: &str) -> Result<(), PathError> {
         && !id.starts_with('.')
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        // Also one harmless path component on Windows (no `CON`, `nul.x`, trailing dot).
+        && shardswarm_torrent::metainfo::validate_name(id).is_ok();
     if ok {
         Ok(())
     } else {

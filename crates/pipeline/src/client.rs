@@ -295,7 +295,7 @@ impl Client {
                     message: format!("{code:?}: {message}"),
                 })
             }
-            Ok(Ok(Some(other))) => Err(fault(format!("unexpected frame {other:?}"))),
+            Ok(Ok(Some(other))) => Err(fault(format!("unexpected {} frame", other.kind()))),
         }
     }
 

@@ -174,6 +174,17 @@ pub enum FrameError {
 }
 
 impl Frame {
+    /// The frame's kind (`"Open"`, `"Step"`, `"Token"` or `"Error"`), for messages about a frame
+    /// that was not expected: formatting the frame itself could mean 128 MiB of floats as text.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Open { .. } => "Open",
+            Frame::Step { .. } => "Step",
+            Frame::Token { .. } => "Token",
+            Frame::Error { .. } => "Error",
+        }
+    }
+
     /// Appends the encoded frame (length prefix included) to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
         let start = out.len();

@@ -22,6 +22,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
 /// A boxed [`Duplex`].
 pub type BoxStream = Box<dyn Duplex>;
 
+/// Largest buffer reserved for a frame body before its bytes arrive.
+const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
+
 /// Reads one frame; `Ok(None)` on a clean end of stream before a frame starts.
 pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
     r: &mut R,
@@ -34,8 +37,20 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
     }
     let len = u32::from_be_bytes(len) as usize;
     Frame::check_len(len)?;
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
+    // The buffer grows with the bytes that actually arrive: a peer that announces 128 MiB and
+    // sends nothing costs nothing.
+    let mut body = Vec::with_capacity(len.min(INITIAL_BODY_CAPACITY));
+    r.take(len as u64).read_to_end(&mut body).await?;
+    if body.len() != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!(
+                "stream ended inside a frame ({} of {len} bytes)",
+                body.len()
+            ),
+        )
+        .into());
+    }
     Ok(Some(Frame::decode_body(&body)?))
 }
 
@@ -66,6 +81,23 @@ mod tests {
         assert_eq!(read_frame(&mut b).await?, Some(Frame::Token { id: 6 }));
         writer.await??;
         assert_eq!(read_frame(&mut b).await?, None);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_prefix_without_its_body_is_an_eof_error() -> anyhow::Result<()> {
+        // The body buffer grows with what arrives (it used to be allocated whole from the
+        // prefix: 128 MiB for 4 bytes; tests/hostile.rs measures that).
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&(crate::frame::MAX_FRAME_LEN as u32).to_be_bytes())
+            .await?;
+        a.write_all(&[3, 0, 0]).await?;
+        drop(a);
+        let err = read_frame(&mut b).await.expect_err("truncated");
+        assert!(
+            matches!(&err, StreamError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof),
+            "{err}"
+        );
         Ok(())
     }
 

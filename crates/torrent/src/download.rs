@@ -19,13 +19,16 @@
 //! - `in_flight <= slots <= max_in_flight_per_peer` when issuing; a timeout halves the peer's
 //!   slots (at least 1), each block on time gives one back (AIMD), a reject backs the peer off
 //!   for a while.
+//! - A block whose request to a peer timed out is not asked of that peer again while another
+//!   peer has its piece (until the peer delivers something again), so a stalling peer's
+//!   requests are re-issued elsewhere rather than handed back to it.
 //! - `piece_sources[piece]` holds the peers that supplied blocks of a piece not yet verified. A
 //!   failed piece with a single source gives that peer a strike (`max_strikes` → [`Action::Ban`]);
 //!   with several sources the piece goes on parole (refetched from one peer) to find the culprit.
 //!   Banned peers stay banned for the life of the download.
 //! - [`Action::Completed`] is emitted once, when every piece is verified.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
@@ -159,6 +162,8 @@ struct PeerState {
     reject_streak: u32,
     backoff_pending: bool,
     blocked_until: Option<Instant>,
+    /// Blocks whose request to this peer timed out since it last delivered one.
+    timed_out: HashSet<BlockRef>,
 }
 
 /// The download of one torrent (see the module docs).
@@ -236,6 +241,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Download<P> {
                 reject_streak: 0,
                 backoff_pending: false,
                 blocked_until: None,
+                timed_out: HashSet::new(),
             },
         );
         self.picker
@@ -319,6 +325,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Download<P> {
         let req = self.end_request_keep_block(id)?;
         if let Some(state) = self.peers.get_mut(&peer) {
             state.reject_streak = 0;
+            state.timed_out.clear();
             if on_time {
                 state.slots = (state.slots + 1).min(state.cap);
             }
@@ -410,12 +417,13 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Download<P> {
             .map(|(&id, _)| id)
             .collect();
         for id in expired {
-            let Some(peer) = self.requests.get(&id).map(|r| r.peer) else {
+            let Some((peer, block)) = self.requests.get(&id).map(|r| (r.peer, r.block)) else {
                 continue;
             };
             self.end_request(id);
             if let Some(state) = self.peers.get_mut(&peer) {
                 state.slots = (state.slots / 2).max(1);
+                state.timed_out.insert(block);
             }
             tracing::debug!(target: TARGET, ?peer, id, "request timed out");
             self.actions.push_back(Action::Cancel { peer, id });
@@ -511,6 +519,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Download<P> {
             if pick.duplicate && !state.duplicates {
                 continue;
             }
+            if state.timed_out.contains(&pick.block) && self.other_source(peer, pick.block) {
+                continue;
+            }
             let Some((offset, length)) = self.picker.layout().block_range(pick.block) else {
                 continue;
             };
@@ -543,6 +554,13 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Download<P> {
             });
         }
         None
+    }
+
+    /// Whether a peer other than `peer` has `block`'s piece and has not let it time out.
+    fn other_source(&self, peer: P, block: BlockRef) -> bool {
+        self.peers.iter().any(|(p, s)| {
+            *p != peer && self.picker.peer_has(*p, block.piece) && !s.timed_out.contains(&block)
+        })
     }
 
     /// Ends request `id` without data: the block is unrequested once.

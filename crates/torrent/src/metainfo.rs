@@ -238,6 +238,8 @@ pub fn validate_name(name: &str) -> Result<(), MetainfoError> {
         Some("contains NUL")
     } else if name.chars().any(char::is_control) {
         Some("contains a control character")
+    } else if is_windows_reserved(name) {
+        Some("a reserved device name or ends in a dot or space (Windows)")
     } else {
         None
     };
@@ -248,6 +250,20 @@ pub fn validate_name(name: &str) -> Result<(), MetainfoError> {
         }),
         None => Ok(()),
     }
+}
+
+/// `CON`, `PRN`, `AUX`, `NUL`, `COM0`–`COM9`, `LPT0`–`LPT9` (any case, with or without an
+/// extension), or a name ending in `.` or a space: Windows opens a device or another file.
+fn is_windows_reserved(name: &str) -> bool {
+    if name.ends_with(['.', ' ']) {
+        return true;
+    }
+    let stem = name.split('.').next().unwrap_or(name).trim_end_matches(' ');
+    let upper = stem.to_ascii_uppercase();
+    matches!(upper.as_str(), "CON" | "PRN" | "AUX" | "NUL")
+        || (upper.len() == 4
+            && (upper.starts_with("COM") || upper.starts_with("LPT"))
+            && upper.as_bytes()[3].is_ascii_digit())
 }
 
 fn validate_piece_length(piece_length: u64) -> Result<(), MetainfoError> {

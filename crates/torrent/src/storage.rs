@@ -14,12 +14,17 @@
 //! - Nothing holds more than one read buffer (at most [`crate::wire::MAX_BLOCK_LEN`] or 1 MiB
 //!   while hashing) in memory.
 //! - Every offset and length from outside is bounds-checked against the piece before any IO.
+//! - A failed write, sync, resume write or rename (a full disk: [`StorageError::DiskFull`])
+//!   changes no state: the piece is not verified, nothing is renamed, and the store stays usable
+//!   (retry later). Faults can be injected through [`faults`].
 
+pub mod faults;
 mod resume;
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha1::{Digest, Sha1};
 use shardswarm_proto::InfoHash;
@@ -27,6 +32,7 @@ use shardswarm_proto::InfoHash;
 use crate::bitfield::Bitfield;
 use crate::metainfo::{Metainfo, validate_name};
 use crate::wire::MAX_BLOCK_LEN;
+use faults::{IoFaults, IoOp, is_disk_full};
 
 const TARGET: &str = "shardswarm_torrent::storage";
 const HASH_CHUNK: usize = 1024 * 1024;
@@ -37,6 +43,17 @@ pub enum StorageError {
     /// A file operation failed.
     #[error("{op} {path}: {source}")]
     Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file system holding the file is full (ENOSPC or a quota): free space and retry.
+    #[error("disk full: cannot {op} {path}: {source}")]
+    DiskFull {
         /// What was being done.
         op: &'static str,
         /// The file.
@@ -107,11 +124,22 @@ pub enum StorageError {
     },
 }
 
+impl StorageError {
+    /// Whether the disk is full ([`StorageError::DiskFull`]): the operation may succeed once
+    /// space is freed.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StorageError::DiskFull { .. })
+    }
+}
+
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StorageError + 'a {
-    move |source| StorageError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        let path = path.to_path_buf();
+        if is_disk_full(&source) {
+            StorageError::DiskFull { op, path, source }
+        } else {
+            StorageError::Io { op, path, source }
+        }
     }
 }
 
@@ -139,6 +167,7 @@ pub struct PieceStore {
     unsynced: Bitfield,
     mode: Mode,
     failed_on_open: Vec<u32>,
+    faults: Option<Arc<dyn IoFaults>>,
 }
 
 /// Verified-but-unsynced pieces that trigger a checkpoint (one fdatasync for all of them).
@@ -315,6 +344,21 @@ impl PieceStore {
             unsynced: Bitfield::new(meta.piece_count()),
             mode,
             failed_on_open: Vec::new(),
+            faults: None,
+        }
+    }
+
+    /// Consults `faults` before every later write, sync, resume write and rename (see
+    /// [`faults`]).
+    pub fn set_faults(&mut self, faults: Arc<dyn IoFaults>) {
+        self.faults = Some(faults);
+    }
+
+    /// Asks the installed [`IoFaults`] whether `op` may go ahead.
+    fn fault(&self, op: IoOp, path: &Path, len: u64) -> io::Result<()> {
+        match &self.faults {
+            Some(f) => f.before(op, path, len),
+            None => Ok(()),
         }
     }
 
@@ -387,7 +431,9 @@ impl PieceStore {
         if self.have.get(piece) {
             return Err(StorageError::AlreadyVerified { piece });
         }
-        write_all_at(&self.file, data, at).map_err(io_err("write", &self.part_path))
+        self.fault(IoOp::Write, &self.part_path, data.len() as u64)
+            .and_then(|()| write_all_at(&self.file, data, at))
+            .map_err(io_err("write", &self.part_path))
     }
 
     /// Hashes piece `piece` from disk; on a match records it in the resume file as unsynced
@@ -430,8 +476,8 @@ impl PieceStore {
         if self.mode != Mode::Partial {
             return Ok(());
         }
-        self.file
-            .sync_data()
+        self.fault(IoOp::Sync, &self.part_path, 0)
+            .and_then(|()| self.file.sync_data())
             .map_err(io_err("fdatasync", &self.part_path))?;
         let pending = std::mem::replace(&mut self.unsynced, Bitfield::new(self.have.len()));
         if let Err(e) = self.save_resume(true) {
@@ -475,7 +521,8 @@ impl PieceStore {
     }
 
     /// Moves the complete `.part` into place: fsync, atomic rename, fsync of the directory,
-    /// resume file removed. Idempotent; returns the final path.
+    /// resume file removed. Idempotent; returns the final path. A failed fsync or rename leaves
+    /// the `.part` (and every verified piece) as it was, to be finished again later.
     pub fn finish(&mut self) -> Result<PathBuf, StorageError> {
         if self.mode == Mode::Complete {
             return Ok(self.final_path.clone());
@@ -485,17 +532,20 @@ impl PieceStore {
                 missing: self.piece_count() - self.have.count_ones(),
             });
         }
-        self.file
-            .sync_all()
+        self.fault(IoOp::Sync, &self.part_path, 0)
+            .and_then(|()| self.file.sync_all())
             .map_err(io_err("fsync", &self.part_path))?;
-        fs::rename(&self.part_path, &self.final_path).map_err(io_err("rename", &self.part_path))?;
+        self.fault(IoOp::Rename, &self.part_path, 0)
+            .and_then(|()| fs::rename(&self.part_path, &self.final_path))
+            .map_err(io_err("rename", &self.part_path))?;
+        // Renamed: complete from here on, even if what follows fails (a retry returns Ok).
+        self.mode = Mode::Complete;
         resume::sync_dir(&self.final_path).map_err(io_err("fsync dir", &self.final_path))?;
         match fs::remove_file(&self.resume_path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("remove", &self.resume_path)(e)),
         }
-        self.mode = Mode::Complete;
         tracing::info!(target: TARGET, path = %self.final_path.display(), "download finished");
         Ok(self.final_path.clone())
     }
@@ -509,15 +559,19 @@ impl PieceStore {
             synced,
             unsynced: self.unsynced.clone(),
         };
-        resume::save(
-            &self.resume_path,
-            self.info_hash,
-            self.piece_length,
-            self.length,
-            &rec,
-            durable,
-        )
-        .map_err(io_err("write resume", &self.resume_path))
+        let len = resume::encoded_len(&rec);
+        self.fault(IoOp::WriteResume, &self.resume_path, len)
+            .and_then(|()| {
+                resume::save(
+                    &self.resume_path,
+                    self.info_hash,
+                    self.piece_length,
+                    self.length,
+                    &rec,
+                    durable,
+                )
+            })
+            .map_err(io_err("write resume", &self.resume_path))
     }
 }
 

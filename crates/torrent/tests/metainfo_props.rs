@@ -13,8 +13,8 @@ fn arb_metainfo() -> impl Strategy<Value = Metainfo> {
         proptest::option::of("[a-z/0-9.]{1,20}"),
         any::<[u8; 20]>(),
     )
-        .prop_filter("name must be one path component", |(name, ..)| {
-            name != "." && name != ".."
+        .prop_filter("name must be one harmless path component", |(name, ..)| {
+            shardswarm_torrent::metainfo::validate_name(name).is_ok()
         })
         .prop_map(|(name, length, shift, announce, created_by, seed)| {
             let piece_length = 1u64 << shift;

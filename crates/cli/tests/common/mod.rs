@@ -102,13 +102,29 @@ pub fn pump(pipe: impl Read + Send + 'static, lines: Arc<Lines>) {
 pub struct Proc {
     pub name: String,
     pub args: Vec<String>,
+    /// What runs `shardswarm` (e.g. `ip netns exec NS`); empty: nothing.
+    pub wrapper: Vec<String>,
     pub child: Child,
     pub out: Arc<Lines>,
 }
 
 impl Proc {
     pub fn spawn(name: &str, args: Vec<String>) -> Result<Proc> {
-        let mut child = Command::new(BIN)
+        Proc::spawn_wrapped(name, &[], args)
+    }
+
+    /// `wrapper… shardswarm args…`, e.g. inside a network namespace with
+    /// `["ip", "netns", "exec", NS]` (which execs, so the child is `shardswarm` itself).
+    pub fn spawn_wrapped(name: &str, wrapper: &[String], args: Vec<String>) -> Result<Proc> {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = cmd
             .args(&args)
             .env(
                 "RUST_LOG",
@@ -131,6 +147,7 @@ impl Proc {
         Ok(Proc {
             name: name.to_owned(),
             args,
+            wrapper: wrapper.to_vec(),
             child,
             out,
         })
@@ -138,7 +155,7 @@ impl Proc {
 
     /// The same command again (same data directory, hence the same identity and files).
     pub fn respawn(&self, name: &str) -> Result<Proc> {
-        Proc::spawn(name, self.args.clone())
+        Proc::spawn_wrapped(name, &self.wrapper, self.args.clone())
     }
 
     /// The HTTP API's base URL, from the `HTTP API on http://…` line (logged after `http.addr`

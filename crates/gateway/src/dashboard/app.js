@@ -1,7 +1,8 @@
 // shardswarm dashboard. Live state comes from GET /api/events (server-sent events, read with
-// fetch so that an Authorization header can be sent once the API asks for a key: put it in
-// localStorage["shardswarm.apiKey"]); the chat streams from POST /v1/chat/completions.
-// No framework, no build step.
+// fetch rather than EventSource, which cannot send headers); the chat streams from
+// POST /v1/chat/completions. When the peer runs with --api-key, the first 401 shows a small
+// form asking for the key; it is kept in localStorage["shardswarm.apiKey"] and sent as
+// `Authorization: Bearer KEY` on every API call. No framework, no build step.
 'use strict';
 
 (function () {
@@ -18,12 +19,42 @@
 
   // ---- helpers -------------------------------------------------------------------------------
 
+  const KEY_ITEM = 'shardswarm.apiKey';
+  let memoryKey = ''; // where localStorage is unavailable
+
   function apiKey() {
     try {
-      return localStorage.getItem('shardswarm.apiKey') || '';
+      return localStorage.getItem(KEY_ITEM) || memoryKey;
     } catch (_) {
-      return '';
+      return memoryKey;
     }
+  }
+
+  function storeKey(key) {
+    memoryKey = key;
+    try {
+      if (key) localStorage.setItem(KEY_ITEM, key);
+      else localStorage.removeItem(KEY_ITEM);
+    } catch (_) {
+      /* memory only */
+    }
+    $('key-forget').hidden = !key;
+  }
+
+  // Shows the key form (once, however many callers ask) and resolves when a key is entered.
+  const keyWaiters = [];
+  function askKey() {
+    const form = $('key-form');
+    const wrong = apiKey() !== '';
+    form.dataset.wrong = String(wrong);
+    $('key-label').textContent = wrong
+      ? 'The API key was refused; enter the right one.'
+      : "This peer's API needs a key (its --api-key).";
+    if (form.hidden) {
+      form.hidden = false;
+      $('key-input').focus();
+    }
+    return new Promise((resolve) => keyWaiters.push(resolve));
   }
 
   function headers(extra) {
@@ -127,6 +158,11 @@
           headers: headers({ Accept: 'text/event-stream' }),
           cache: 'no-store',
         });
+        if (r.status === 401) {
+          setLive(false, 'API key needed');
+          await askKey();
+          continue;
+        }
         if (!r.ok) throw new Error('HTTP ' + r.status);
         setLive(true, 'live');
         delay = 1000;
@@ -434,7 +470,10 @@
         }),
         signal: abort.signal,
       });
-      if (!r.ok) {
+      if (r.status === 401) {
+        failed = errorText(await r.text(), r.status);
+        askKey();
+      } else if (!r.ok) {
         failed = errorText(await r.text(), r.status);
       } else {
         await readSse(r, (ev) => {
@@ -492,6 +531,17 @@
     }
   });
   $('chat-stop').addEventListener('click', () => state.abort && state.abort.abort());
+  $('key-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const key = $('key-input').value.trim();
+    if (!key) return;
+    $('key-input').value = '';
+    storeKey(key);
+    $('key-form').hidden = true;
+    for (const resolve of keyWaiters.splice(0)) resolve();
+  });
+  $('key-forget').addEventListener('click', () => storeKey(''));
+  $('key-forget').hidden = !apiKey();
   window.addEventListener('resize', drawChart);
 
   follow();

@@ -86,8 +86,14 @@ fn merge_own(status: &mut SwarmStatus, own: NodeStatus) {
     status.nodes.insert(0, own);
 }
 
-/// The dashboard's routes: `/`, its assets, `/api/peers` and `/api/events`.
+/// The dashboard's routes: [`page_routes`] and [`api_routes`].
 pub fn routes(handle: Handle) -> Router {
+    page_routes().merge(api_routes(handle))
+}
+
+/// The page and its assets: `/`, `/assets/app.js`, `/assets/style.css` (open even under
+/// `--api-key`: the page is what asks for the key).
+pub fn page_routes() -> Router {
     Router::new()
         .route("/", get(|| async { Html(INDEX_HTML) }))
         .route(
@@ -98,6 +104,11 @@ pub fn routes(handle: Handle) -> Router {
             "/assets/style.css",
             get(|| async { asset("text/css", STYLE_CSS) }),
         )
+}
+
+/// What the page reads: `/api/peers` and the live `/api/events`.
+pub fn api_routes(handle: Handle) -> Router {
+    Router::new()
         .route("/api/peers", get(peers))
         .route("/api/events", get(events))
         .with_state(handle)

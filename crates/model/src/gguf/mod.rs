@@ -15,7 +15,7 @@ mod types;
 mod value;
 mod write;
 
-pub use read::{GgufFile, TensorInfo};
+pub use read::{GgufFile, TensorInfo, read_content};
 pub use types::GgmlType;
 pub use value::{Array, Value, ValueType};
 pub use write::{GgufWriter, TensorData};
@@ -179,4 +179,57 @@ impl GgufError {
 /// Rounds `pos` up to a multiple of `align` (a power of two); `None` on overflow.
 pub(crate) fn align_up(pos: u64, align: u64) -> Option<u64> {
     Some(pos.checked_add(align - 1)? / align * align)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+
+    /// A one-tensor GGUF with `general.alignment = 32`, and the byte offsets of the alignment
+    /// value and of the tensor's first dimension.
+    fn tiny() -> (Vec<u8>, usize, usize) {
+        let data = [0u8; 16];
+        let mut w = GgufWriter::new();
+        w.push_metadata(ALIGNMENT_KEY, Value::U32(32));
+        w.add_tensor("t", GgmlType::F32, &[4], TensorData::Bytes(&data));
+        let mut bytes = Vec::new();
+        w.write(&mut bytes).expect("write");
+        let find = |pat: &[u8]| {
+            bytes
+                .windows(pat.len())
+                .position(|w| w == pat)
+                .expect("pattern")
+                + pat.len()
+        };
+        let align_at = find(&[ALIGNMENT_KEY.as_bytes(), &4u32.to_le_bytes()].concat());
+        let dim_at = find(&[&1u64.to_le_bytes()[..], b"t", &1u32.to_le_bytes()].concat());
+        (bytes, align_at, dim_at)
+    }
+
+    #[test]
+    fn read_content_accepts_what_our_parser_accepts() {
+        let (bytes, ..) = tiny();
+        let content = read_content(&mut Cursor::new(bytes)).expect("valid file");
+        assert!(content.tensor_infos.contains_key("t"));
+    }
+
+    #[test]
+    fn read_content_refuses_zero_alignment_instead_of_dividing_by_it() {
+        // candle's own reader panics here ("attempt to divide by zero").
+        let (mut bytes, align_at, _) = tiny();
+        bytes[align_at..align_at + 4].copy_from_slice(&0u32.to_le_bytes());
+        let err = read_content(&mut Cursor::new(bytes)).expect_err("refused");
+        assert!(err.to_string().contains("general.alignment"), "{err}");
+    }
+
+    #[test]
+    fn read_content_refuses_dims_whose_size_overflows() {
+        // candle multiplies these unchecked when the tensor is read (found by `gguf_load`).
+        let (mut bytes, _, dim_at) = tiny();
+        bytes[dim_at..dim_at + 8].copy_from_slice(&(1u64 << 62).to_le_bytes());
+        let err = read_content(&mut Cursor::new(bytes)).expect_err("refused");
+        assert!(err.to_string().contains("do not fit"), "{err}");
+    }
 }

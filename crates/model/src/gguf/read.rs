@@ -6,8 +6,10 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::Content;
 
 use super::limits::*;
 use super::{
@@ -337,6 +339,23 @@ impl GgufFile {
         }
         Ok(done)
     }
+}
+
+/// Reads candle's view of a GGUF header from `reader` (at the start of a file) once our bounded
+/// parser has accepted the same bytes; the reader is left where candle's reader leaves it.
+///
+/// candle's `Content::read` trusts fields it should not: it divides by `general.alignment` (0
+/// panics) and multiplies tensor dims unchecked when a tensor is read (overflow panics, or wraps
+/// in release builds). Every file that comes from elsewhere — a downloaded shard, a model given
+/// on the command line — goes through here instead of `Content::read`.
+pub fn read_content<R: Read + Seek>(reader: &mut R) -> candle_core::Result<Content> {
+    let len = reader.seek(SeekFrom::End(0))?;
+    reader.seek(SeekFrom::Start(0))?;
+    let parsed = parse(&mut *reader, len).map_err(candle_core::Error::wrap)?;
+    GgufFile::assemble(Backing::Memory(Vec::new()), parsed, len)
+        .map_err(candle_core::Error::wrap)?;
+    reader.seek(SeekFrom::Start(0))?;
+    Content::read(reader)
 }
 
 /// A tensor info before validation against the data section.

@@ -3,7 +3,8 @@
 //!
 //! Invariants: a wire request id is in `wire` exactly while the engine has it outstanding; a
 //! banned peer gets no request and is served nothing; disk writes happen only for blocks the
-//! engine accepted, and a piece counts only after `PieceStore::verify_piece` said so.
+//! engine accepted, and a piece counts only after `PieceStore::verify_piece` said so; a
+//! storage error pauses the download and blames no peer (`pause`).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use std::time::Instant;
 
 use libp2p::PeerId;
 use shardswarm_proto::{DownloadProgress, FileEntry, InfoHash};
-use shardswarm_torrent::download::{Download, DownloadConfig};
+use shardswarm_torrent::download::Download;
 use shardswarm_torrent::metainfo::Metainfo;
 use shardswarm_torrent::storage::PieceStore;
 use shardswarm_torrent::wire::Frame;
@@ -43,6 +44,8 @@ struct Torrent {
     /// Peers we sent `Interested` (or `GetMetadata`) on our stream.
     asked: HashSet<PeerId>,
     providing: bool,
+    /// Paused after a storage error (see `pause`).
+    pause: pause::Pause,
 }
 
 /// A remote's download stream to us.
@@ -88,6 +91,10 @@ struct Actor {
     retry_out: HashMap<PeerId, Instant>,
     last_progress: Instant,
     server_only: bool,
+    /// `--bt-peer` clients and their fetch tasks.
+    bt: bt::BtPeers,
+    /// Which peers are only reachable through the relay (and its cap).
+    paths: super::PathCaps,
 }
 
 /// Starts the service on `control` (whose piece protocol is not yet accepted elsewhere).
@@ -95,6 +102,7 @@ pub(crate) fn spawn(
     mut control: libp2p_stream::Control,
     config: TransferConfig,
     metrics: Arc<Metrics>,
+    paths: super::PathCaps,
 ) -> Result<(TransferHandle, TransferEvents), String> {
     let incoming = control
         .accept(conn::PIECES_PROTOCOL)
@@ -102,18 +110,28 @@ pub(crate) fn spawn(
     let (tx, rx) = mpsc::channel(256);
     let (conn_tx, conn_rx) = mpsc::channel(1024);
     let (ev_tx, ev_rx) = mpsc::channel(256);
+    let upload_limit = RateLimiter::new(config.upload_limit);
+    let download_limit = RateLimiter::new(config.download_limit);
     tokio::spawn(conn::accept_loop(
         incoming,
         conn_tx.clone(),
-        RateLimiter::new(config.upload_limit),
+        upload_limit.clone(),
         metrics.clone(),
+        paths.clone(),
     ));
+    let (bt, bt_addr) = bt::BtPeers::start(
+        &config,
+        conn_tx.clone(),
+        upload_limit,
+        download_limit.clone(),
+        metrics.clone(),
+    )?;
     let actor = Actor {
         control,
         conn_tx,
         events: ev_tx,
         metrics,
-        download_limit: RateLimiter::new(config.download_limit),
+        download_limit,
         torrents: HashMap::new(),
         peers: HashMap::new(),
         out: HashMap::new(),
@@ -126,9 +144,11 @@ pub(crate) fn spawn(
         retry_out: HashMap::new(),
         last_progress: Instant::now(),
         server_only: config.server_only,
+        bt,
+        paths,
     };
     tokio::spawn(actor.run(rx, conn_rx));
-    Ok((TransferHandle { tx }, ev_rx))
+    Ok((TransferHandle { tx, bt_addr }, ev_rx))
 }
 
 impl Actor {
@@ -143,6 +163,7 @@ impl Actor {
                 .values()
                 .filter_map(|t| t.download.as_ref().and_then(Download::poll_timeout))
                 .chain(self.retry_out.values().copied())
+                .chain(self.next_resume())
                 .min();
             let sleep = async {
                 match deadline {
@@ -164,6 +185,7 @@ impl Actor {
                         }
                     }
                     self.retry_streams(now);
+                    self.resume_paused(now);
                 }
             }
             self.drive();
@@ -211,6 +233,7 @@ impl Actor {
                                 interested: HashSet::new(),
                                 asked: HashSet::new(),
                                 providing: false,
+                                pause: pause::Pause::default(),
                             },
                         );
                         self.emit(TransferEvent::Providing { info_hash: ih });
@@ -264,6 +287,7 @@ impl Actor {
                 interested: HashSet::new(),
                 asked: HashSet::new(),
                 providing: false,
+                pause: pause::Pause::default(),
             },
         );
         if let Some(meta) = meta {
@@ -313,11 +337,7 @@ impl Actor {
             info!(target: "shardswarm::pieces", shard = t.entry.shard_index, pieces = have.count_ones(),
                 of = meta.piece_count(), "resuming with verified pieces");
         }
-        // A different tie-break order on every node: with one seed everywhere, every node would
-        // ask the server for the same "rarest" pieces first and the server would send them N times.
-        let seed =
-            std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), ih.0);
-        let download = Download::new(&meta, have, DownloadConfig::default(), seed);
+        let download = pause::new_download(ih, &meta, have);
         t.meta = Some(meta);
         t.store = Some(store);
         t.download = Some(download);
@@ -325,6 +345,8 @@ impl Actor {
         let complete = t.download.as_ref().is_some_and(Download::is_complete);
         if complete {
             self.finish(ih);
+        } else {
+            self.bt_connect(ih);
         }
     }
 
@@ -362,6 +384,7 @@ impl Actor {
             self.conn_tx.clone(),
             rx,
             self.download_limit.clone(),
+            self.paths.clone(),
         ));
     }
 
@@ -410,4 +433,8 @@ impl Actor {
     }
 }
 
+mod bt;
 mod frames;
+mod pause;
+#[cfg(test)]
+mod tests;

@@ -15,6 +15,7 @@ use shardswarm_torrent::wire::{Frame, FrameDecoder};
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use super::paths::{PathCaps, StreamPath};
 use super::rate::RateLimiter;
 use crate::metrics::Metrics;
 
@@ -109,6 +110,7 @@ pub(crate) async fn run_outbound(
     to_actor: mpsc::Sender<ConnMsg>,
     mut rx: mpsc::Receiver<Frame>,
     download_limit: RateLimiter,
+    paths: PathCaps,
 ) {
     let mut last_err = String::new();
     let mut opened = None;
@@ -137,6 +139,8 @@ pub(crate) async fn run_outbound(
     if to_actor.send(ConnMsg::OutReady { peer }).await.is_err() {
         return;
     }
+    let path = paths.stream(&peer);
+    debug!(target: "shardswarm::pieces", %peer, relayed = path.relayed(), "download stream open");
     let pump = Pump {
         peer,
         link: Link::Out,
@@ -144,6 +148,7 @@ pub(crate) async fn run_outbound(
         read_limit: download_limit,
         write_limit: RateLimiter::default(),
         uploads: None,
+        path,
     };
     let reason = pump.run(stream, dec, &mut rx, None).await;
     let _ = to_actor
@@ -174,7 +179,11 @@ async fn open_and_greet(
         .map_err(|_| "no hello".to_owned())??;
     match first {
         Some(Frame::Hello { .. }) => Ok((stream, dec)),
-        Some(other) => Err(format!("expected hello, got {other:?}")),
+        // The type only: a hostile first frame may be an 8 MiB block (40 MB as Debug text).
+        Some(other) => Err(format!(
+            "expected hello, got frame type {}",
+            other.type_byte()
+        )),
         None => Err("stream closed before hello".into()),
     }
 }
@@ -185,19 +194,19 @@ pub(crate) async fn accept_loop(
     to_actor: mpsc::Sender<ConnMsg>,
     upload_limit: RateLimiter,
     metrics: Arc<Metrics>,
+    paths: PathCaps,
 ) {
     let mut next_id = 0u64;
     while let Some((peer, stream)) = incoming.next().await {
         next_id += 1;
         let id = next_id;
         let to_actor = to_actor.clone();
-        let upload_limit = upload_limit.clone();
+        let limits = (upload_limit.clone(), paths.stream(&peer));
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let reason =
-                match serve_inbound(stream, peer, id, &to_actor, upload_limit, &metrics).await {
-                    Ok(r) | Err(r) => r,
-                };
+            let reason = match serve_inbound(stream, peer, id, &to_actor, limits, &metrics).await {
+                Ok(r) | Err(r) => r,
+            };
             let _ = to_actor
                 .send(ConnMsg::Closed {
                     peer,
@@ -214,14 +223,20 @@ async fn serve_inbound(
     peer: PeerId,
     id: u64,
     to_actor: &mpsc::Sender<ConnMsg>,
-    upload_limit: RateLimiter,
+    (upload_limit, path): (RateLimiter, StreamPath),
     metrics: &Metrics,
 ) -> Result<String, String> {
     let mut dec = FrameDecoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut stream, &mut dec, &mut buf)).await {
         Ok(Ok(Some(Frame::Hello { .. }))) => {}
-        Ok(Ok(other)) => return Err(format!("expected hello, got {other:?}")),
+        Ok(Ok(Some(other))) => {
+            return Err(format!(
+                "expected hello, got frame type {}",
+                other.type_byte()
+            ));
+        }
+        Ok(Ok(None)) => return Err("stream closed before hello".into()),
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err("no hello".into()),
     }
@@ -247,6 +262,7 @@ async fn serve_inbound(
         read_limit: RateLimiter::default(),
         write_limit: upload_limit,
         uploads: Some(metrics),
+        path,
     };
     Ok(pump.run(stream, dec, &mut rx, Some(&mut block_rx)).await)
 }
@@ -260,6 +276,8 @@ struct Pump<'a> {
     write_limit: RateLimiter,
     /// Counts blocks as they are written (upload side).
     uploads: Option<&'a Metrics>,
+    /// Direct or relayed: the relayed cap and the per-path byte counters.
+    path: StreamPath,
 }
 
 async fn recv_or_pending(rx: Option<&mut mpsc::Receiver<Frame>>) -> Option<Frame> {
@@ -281,12 +299,14 @@ impl Pump<'_> {
     ) -> String {
         let (mut reader, mut writer) = stream.split();
         let (peer, link, to_actor) = (self.peer, self.link, self.to_actor);
+        let mut path = self.path.clone();
         let read = async {
             let mut buf = vec![0u8; 256 * 1024];
             loop {
                 match read_frame(&mut reader, &mut dec, &mut buf).await {
                     Ok(Some(frame)) => {
                         self.read_limit.acquire(payload_len(&frame)).await;
+                        self.path.receive(payload_len(&frame)).await;
                         if to_actor
                             .send(ConnMsg::Frame { peer, link, frame })
                             .await
@@ -311,6 +331,7 @@ impl Pump<'_> {
                 let Some(frame) = frame else { break };
                 let len = payload_len(&frame);
                 self.write_limit.acquire(len).await;
+                self.path.send(len).await;
                 if let Err(e) = write_frame(&mut writer, &frame, &mut out).await {
                     return e.to_string();
                 }
@@ -329,6 +350,7 @@ impl Pump<'_> {
         tokio::select! {
             r = read => r,
             w = write => w,
+            () = path.moved_to_direct() => "relayed connection replaced by a direct one".to_owned(),
         }
     }
 }

@@ -7,7 +7,8 @@
 //! shard is complete.
 
 mod actor;
-mod conn;
+pub(crate) mod conn;
+pub mod paths;
 pub mod rate;
 
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use shardswarm_torrent::metainfo::Metainfo;
 use tokio::sync::mpsc;
 
 pub(crate) use actor::spawn;
+pub(crate) use paths::PathCaps;
 pub use rate::{Rate, RateLimiter};
 
 /// Limits of the transfer service.
@@ -30,6 +32,15 @@ pub struct TransferConfig {
     /// Download only from the server, never from other nodes (`--fetch-from server`): the star
     /// baseline of the distribution benchmark, or a node that trusts only the server.
     pub server_only: bool,
+    /// Also serve every held torrent over the standard BitTorrent wire on this TCP address
+    /// (`--bt-listen`).
+    pub bt_listen: Option<std::net::SocketAddr>,
+    /// Also download from these BitTorrent clients (`--bt-peer`).
+    pub bt_peers: Vec<std::net::SocketAddr>,
+    /// Cap on payload bytes per second, each direction, over connections relayed through the
+    /// server's circuit relay (`--relayed-limit`); none: uncapped. Direct connections (also
+    /// hole-punched ones) are never under it.
+    pub relayed_limit: Option<Rate>,
 }
 
 /// What the event loop asks of the transfer service.
@@ -72,6 +83,8 @@ pub(crate) enum TransferEvent {
 #[derive(Debug, Clone)]
 pub(crate) struct TransferHandle {
     pub(crate) tx: mpsc::Sender<TransferCmd>,
+    /// Where the BitTorrent listener is bound (`--bt-listen`).
+    pub(crate) bt_addr: Option<std::net::SocketAddr>,
 }
 
 impl TransferHandle {

@@ -37,6 +37,11 @@ pub(super) struct Recorded {
     pub(super) unsynced: Bitfield,
 }
 
+/// Bytes [`save`] writes for `rec`.
+pub(super) fn encoded_len(rec: &Recorded) -> u64 {
+    (HEADER + 2 * rec.synced.as_bytes().len() + 20) as u64
+}
+
 /// Writes the resume file atomically; fsyncs it first when `durable`.
 pub(super) fn save(
     path: &Path,

@@ -202,14 +202,16 @@ impl Actor {
             self.ban(peer, reason);
             return;
         }
-        let source = if is_server { "server" } else { "peer" };
+        let source = if self.bt.is_bt(peer) {
+            "bittorrent"
+        } else if is_server {
+            "server"
+        } else {
+            "peer"
+        };
         self.metrics.downloaded(source, data.len() as u64);
         if let Err(e) = store.write_block(block.piece, block.offset, data) {
-            let entry = t.entry.clone();
-            self.emit(TransferEvent::Failed {
-                entry,
-                reason: e.to_string(),
-            });
+            self.pause(ih, &e, now);
             return;
         }
         if !block.piece_complete {
@@ -218,14 +220,13 @@ impl Actor {
         let ok = match store.verify_piece(block.piece) {
             Ok(ok) => ok,
             Err(e) => {
-                let entry = t.entry.clone();
-                self.emit(TransferEvent::Failed {
-                    entry,
-                    reason: e.to_string(),
-                });
+                self.pause(ih, &e, now);
                 return;
             }
         };
+        if ok {
+            t.pause.reset();
+        }
         download.piece_verified(block.piece, ok);
         self.metrics.piece(ok);
         if !ok {
@@ -445,16 +446,11 @@ impl Actor {
                 info!(target: "shardswarm::pieces", shard = t.entry.shard_index, path = %path.display(), "shard complete and verified");
                 t.download = None;
                 let entry = t.entry.clone();
+                self.bt_done(ih);
                 self.emit(TransferEvent::Complete { entry, path });
                 self.report_progress(true);
             }
-            Err(e) => {
-                let entry = t.entry.clone();
-                self.emit(TransferEvent::Failed {
-                    entry,
-                    reason: e.to_string(),
-                });
-            }
+            Err(e) => self.pause(ih, &e, Instant::now()),
         }
     }
 }
