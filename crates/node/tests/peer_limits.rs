@@ -90,7 +90,10 @@ async fn a_flooding_peer_is_rate_limited_and_others_are_not() -> Result<()> {
         .and_then(|v| v.trim().parse().ok())
         .expect("the counter is exported");
     // Every refusal is counted (the node's own background commands may add a few).
-    assert!(counted >= limited as u64, "{counted} counted, {limited} refused");
+    assert!(
+        counted >= limited as u64,
+        "{counted} counted, {limited} refused"
+    );
     flooder.handle.shutdown().await;
     other.handle.shutdown().await;
     server.handle.shutdown().await;
