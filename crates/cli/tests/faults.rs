@@ -298,7 +298,20 @@ fn a_node_killed_mid_write_keeps_its_verified_pieces_and_never_leaves_a_corrupt_
                     .flatten()
                     .filter_map(|d| d["have"].as_u64())
                     .sum();
-                Ok(held(st, &manifest)? >= 3 * piece && partial >= piece)
+                // …and the node has recorded a verified piece of a partial shard in its
+                // `.resume` (it records in batches: a piece verified a moment ago may not be
+                // on disk yet, which is what a crash is allowed to lose).
+                Ok(held(st, &manifest)? >= 3 * piece
+                    && partial >= piece
+                    && resumable(
+                        &manifest,
+                        &shards,
+                        &model_dir(&victim_dir, &manifest),
+                        &root.join("probe"),
+                    )?
+                    .iter()
+                    .sum::<u64>()
+                        > 0)
             },
         )?;
         procs[1].kill()?;
