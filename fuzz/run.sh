@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 secs=${1:-600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(gguf_load gguf resume metainfo piece_wire pipeline_frame envelope response manifest)
+[ ${#targets[@]} -gt 0 ] || targets=(gguf_load gguf resume metainfo piece_wire pipeline_frame envelope response manifest bt_wire)
 mkdir -p corpus-grown
 cargo fuzz build -s none >/dev/null 2>&1 || { echo "cargo fuzz build failed"; exit 1; }
 for t in "${targets[@]}"; do
