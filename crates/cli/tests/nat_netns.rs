@@ -383,14 +383,34 @@ fn scenario(mode: &str) {
             );
         }
         if punched {
-            // Each node's connection to the other is now direct, to its router's public address.
-            for (t, router) in [(&t1, "10.77.0.12"), (&t2, "10.77.0.11")] {
-                let (transport, conns) = t.other.clone().context("the nodes are not connected")?;
-                ensure!(
-                    transport != "relayed"
-                        && conns.iter().any(|c| c.contains(&format!("/ip4/{router}/"))),
-                    "after a hole punch the connection should be direct to {router}: {t:?}"
-                );
+            // Each node's connection to the other becomes direct, to the other router's public
+            // address (the relayed ones are closed 2 s after the direct one is up).
+            for (i, (base, other, router)) in [
+                (&bases[0], &ids[1], "10.77.0.12"),
+                (&bases[1], &ids[0], "10.77.0.11"),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let ns = format!("h{}", i + 1);
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    let t = traffic(&topo, &ns, base, other)?;
+                    let direct = t.other.as_ref().is_some_and(|(transport, conns)| {
+                        transport != "relayed"
+                            && conns.iter().all(|c| !c.contains("/p2p-circuit"))
+                            && conns.iter().any(|c| c.contains(&format!("/ip4/{router}/")))
+                    });
+                    if direct {
+                        break;
+                    }
+                    ensure!(
+                        Instant::now() < deadline,
+                        "after a hole punch node{}'s connection should be direct to {router}: {t:?}",
+                        i + 1
+                    );
+                    procs[i + 1].out.pause(Duration::from_millis(500));
+                }
             }
         }
         Ok(())

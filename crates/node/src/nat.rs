@@ -21,10 +21,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use libp2p::core::ConnectedPoint;
 use libp2p::core::transport::ListenerId;
 use libp2p::metrics::Recorder;
-use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, autonat, dcutr, relay};
@@ -33,7 +31,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use shardswarm_proto::status::Role;
 use tracing::{debug, info, warn};
 
 use crate::behaviour::BehaviourEvent;
@@ -42,80 +39,22 @@ use crate::transfer::PathCaps;
 use crate::transfer::paths::PathBytes;
 use crate::transfer::rate::Rate;
 
+mod config;
+
+use config::is_quic;
+pub use config::{
+    RELAY_MAX_CIRCUIT_BYTES, RELAY_MAX_CIRCUIT_DURATION, RELAY_MAX_CIRCUITS,
+    RELAY_MAX_CIRCUITS_PER_PEER, RELAY_MAX_RESERVATIONS, RELAY_MAX_RESERVATIONS_PER_PEER,
+};
+pub(crate) use config::{autonat_config, circuit_via, relay_server, shown_addr};
+
 const TARGET: &str = "shardswarm::nat";
 
-/// Bytes one relayed circuit may carry (both directions together) before the relay closes it:
-/// a few shards of a small model; bigger transfers continue on a new circuit or, better, on
-/// a hole-punched direct connection.
-pub const RELAY_MAX_CIRCUIT_BYTES: u64 = 2 << 30;
-/// How long one relayed circuit may live.
-pub const RELAY_MAX_CIRCUIT_DURATION: Duration = Duration::from_secs(60 * 60);
-/// Reservations the relay holds at once (one per node behind NAT, renewed hourly).
-pub const RELAY_MAX_RESERVATIONS: usize = 1024;
-/// Reservations per node.
-pub const RELAY_MAX_RESERVATIONS_PER_PEER: usize = 4;
-/// Circuits the relay carries at once.
-pub const RELAY_MAX_CIRCUITS: usize = 512;
-/// Circuits per peer (a node may trade with many peers behind NAT).
-pub const RELAY_MAX_CIRCUITS_PER_PEER: usize = 32;
 /// How long a direct connection must be up before the relayed ones to the same peer are
 /// closed (lets DCUtR finish on both sides).
 pub const DIRECT_GRACE: Duration = Duration::from_secs(2);
 /// Wait before a failed or lost reservation is tried again.
 const RESERVE_RETRY: Duration = Duration::from_secs(10);
-
-/// The server's relay: relay v2 with the limits above, advertised at once (the server is the
-/// peer everybody dials, so it is reachable by definition).
-pub(crate) fn relay_server(local: PeerId) -> relay::Behaviour {
-    let config = relay::Config {
-        max_reservations: RELAY_MAX_RESERVATIONS,
-        max_reservations_per_peer: RELAY_MAX_RESERVATIONS_PER_PEER,
-        max_circuits: RELAY_MAX_CIRCUITS,
-        max_circuits_per_peer: RELAY_MAX_CIRCUITS_PER_PEER,
-        max_circuit_duration: RELAY_MAX_CIRCUIT_DURATION,
-        max_circuit_bytes: RELAY_MAX_CIRCUIT_BYTES,
-        ..relay::Config::default()
-    };
-    let mut relay = relay::Behaviour::new(local, config);
-    relay.set_status(Some(relay::Status::Enable));
-    relay
-}
-
-/// AutoNAT v1 for `role`. Private address ranges count (LANs, tests, the namespace topology).
-/// Nodes probe soon after start and retry every 30 s until sure; the server only answers.
-pub(crate) fn autonat_config(role: Role) -> autonat::Config {
-    let base = autonat::Config {
-        only_global_ips: false,
-        timeout: Duration::from_secs(30),
-        ..autonat::Config::default()
-    };
-    match role {
-        Role::Node => autonat::Config {
-            boot_delay: Duration::from_secs(3),
-            retry_interval: Duration::from_secs(30),
-            refresh_interval: Duration::from_secs(10 * 60),
-            throttle_server_period: Duration::from_secs(15),
-            ..base
-        },
-        Role::Server => autonat::Config {
-            use_connected: false,
-            boot_delay: Duration::from_secs(24 * 60 * 60),
-            ..base
-        },
-    }
-}
-
-/// `addr` (an address of `relay`, with or without its `/p2p/`) as the circuit address that
-/// reserves a slot there.
-pub(crate) fn circuit_via(addr: &Multiaddr, relay: PeerId) -> Multiaddr {
-    let mut base: Multiaddr = addr
-        .iter()
-        .take_while(|p| !matches!(p, Protocol::P2p(_) | Protocol::P2pCircuit))
-        .collect();
-    base.push(Protocol::P2p(relay));
-    base.push(Protocol::P2pCircuit);
-    base
-}
 
 /// What AutoNAT last said about this peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -166,6 +105,9 @@ pub(crate) struct NatState {
     reserve_after: Instant,
     /// When the server may be dialed over QUIC again (see `ensure_quic_to_server`).
     quic_dial_after: Instant,
+    /// A circuit address appeared: register it at the rendezvous on the next tick (once the
+    /// event loop made it an external address).
+    reregister: bool,
     conns: HashMap<PeerId, HashMap<ConnectionId, Conn>>,
     /// Shared with the piece streams.
     pub(crate) paths: PathCaps,
@@ -201,6 +143,7 @@ impl NatState {
             relay_addr: None,
             reserve_after: Instant::now(),
             quic_dial_after: Instant::now(),
+            reregister: false,
             conns: HashMap::new(),
             paths: PathCaps::new(relayed_limit, bytes),
             relayed_limit,
@@ -298,6 +241,11 @@ impl EventLoop {
             } if self.nat.relay_listener == Some(*listener_id) => {
                 self.forget_listen_addr(address);
             }
+            SwarmEvent::NewListenAddr { listener_id, .. }
+                if self.nat.relay_listener == Some(*listener_id) =>
+            {
+                self.nat.reregister = true;
+            }
             _ => {}
         }
     }
@@ -370,13 +318,6 @@ impl EventLoop {
                     circuit_bytes = ?limit.and_then(|l| l.data_in_bytes()),
                     circuit_secs = ?limit.and_then(|l| l.duration()).map(|d| d.as_secs()),
                     "[NAT] ✅ relay slot reserved: reachable through the server");
-                // Rendezvous records carry the external addresses of the time of registration:
-                // register again (which discovers at once), and discover once more shortly,
-                // when the other nodes behind NAT will have registered their circuits too.
-                if let Some(server) = self.node().and_then(|n| n.server) {
-                    self.register(server);
-                    self.discover_soon(Duration::from_secs(5));
-                }
             }
             relay::client::Event::OutboundCircuitEstablished { relay_peer_id, .. } => {
                 debug!(target: TARGET, relay = %relay_peer_id, "outbound circuit");
@@ -437,6 +378,15 @@ impl EventLoop {
         }
         self.ensure_quic_to_server(now);
         self.try_reserve(now);
+        // Rendezvous records carry the external addresses of the time of registration: register
+        // again (which discovers at once), and discover once more shortly, when the other nodes
+        // behind NAT will have registered their circuits too.
+        if std::mem::take(&mut self.nat.reregister)
+            && let Some(server) = self.node().and_then(|n| n.server)
+        {
+            self.register(server);
+            self.discover_soon(Duration::from_secs(5));
+        }
     }
 
     /// A private node also connects to the server over QUIC when its connection is TCP: the
@@ -506,30 +456,6 @@ impl EventLoop {
     }
 }
 
-/// The address a connection is shown with (dashboard, `/api/peers`): the remote address, but
-/// for a relayed connection we accepted (whose remote address is a bare `/p2p/<peer>`) the
-/// circuit it came through, so that it reads as relayed.
-pub(crate) fn shown_addr(endpoint: &ConnectedPoint) -> Multiaddr {
-    match endpoint {
-        ConnectedPoint::Listener {
-            local_addr,
-            send_back_addr,
-        } if endpoint.is_relayed() => {
-            let mut addr = local_addr.clone();
-            if let Some(Protocol::P2p(peer)) = send_back_addr.iter().last() {
-                addr.push(Protocol::P2p(peer));
-            }
-            addr
-        }
-        _ => endpoint.get_remote_address().clone(),
-    }
-}
-
-fn is_quic(addr: &Multiaddr) -> bool {
-    addr.iter()
-        .any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic))
-}
-
 fn on_relay_server(ev: relay::Event) {
     match ev {
         relay::Event::ReservationReqAccepted {
@@ -558,32 +484,6 @@ fn on_relay_server(ev: relay::Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_circuit_address_goes_through_the_relay_whatever_the_dialed_form() {
-        let relay = PeerId::random();
-        let want: Multiaddr = format!("/ip4/10.77.0.1/udp/7447/quic-v1/p2p/{relay}/p2p-circuit")
-            .parse()
-            .unwrap();
-        for dialed in [
-            "/ip4/10.77.0.1/udp/7447/quic-v1".to_owned(),
-            format!("/ip4/10.77.0.1/udp/7447/quic-v1/p2p/{relay}"),
-        ] {
-            assert_eq!(circuit_via(&dialed.parse().unwrap(), relay), want);
-        }
-    }
-
-    #[test]
-    fn relay_limits_are_raised_above_libp2p_defaults() {
-        let d = relay::Config::default();
-        assert!(
-            RELAY_MAX_CIRCUIT_BYTES >= 1 << 30 && RELAY_MAX_CIRCUIT_BYTES > d.max_circuit_bytes
-        );
-        assert!(RELAY_MAX_CIRCUIT_DURATION >= Duration::from_secs(3600));
-        assert!(RELAY_MAX_CIRCUIT_DURATION > d.max_circuit_duration);
-        assert!(RELAY_MAX_RESERVATIONS > d.max_reservations);
-        assert!(RELAY_MAX_CIRCUITS > d.max_circuits);
-    }
 
     #[test]
     fn a_peer_is_relayed_only_while_all_its_connections_are() {

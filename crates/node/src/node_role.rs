@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use libp2p::swarm::ConnectionId;
-use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId, rendezvous};
 use shardswarm_proto::command::{DEFAULT_TOTAL_SHARDS, SyncTorrentsParams};
 use shardswarm_proto::{Command, SyncTorrentsResponse};
@@ -357,10 +357,13 @@ impl EventLoop {
                         self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
                     }
                     debug!(target: "shardswarm::rendezvous", %peer, "discovered");
-                    if let Err(e) = self
-                        .swarm
-                        .dial(DialOpts::peer_id(peer).addresses(addrs).build())
-                    {
+                    // Even while an earlier dial is still pending: the registration may carry
+                    // an address it did not (a relay circuit reserved since).
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(addrs)
+                        .condition(PeerCondition::Disconnected)
+                        .build();
+                    if let Err(e) = self.swarm.dial(opts) {
                         debug!(target: "shardswarm::rendezvous", %peer, error = %e, "dial not started");
                     }
                 }
