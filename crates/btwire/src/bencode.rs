@@ -207,32 +207,9 @@ fn integer(buf: &[u8], start: usize) -> Result<(i64, usize), BencodeError> {
     Ok((if negative { -v } else { v }, pos + 1))
 }
 
-/// `<len>:<bytes>`: the bytes and the end offset.
+/// `<len>:<bytes>`: the bytes and the end offset (the torrent crate's bounded scanner).
 fn byte_string(buf: &[u8], start: usize) -> Result<(&[u8], usize), BencodeError> {
-    let mut pos = start;
-    let mut len: usize = 0;
-    while let Some(&c) = buf.get(pos) {
-        if !c.is_ascii_digit() {
-            break;
-        }
-        len = len
-            .checked_mul(10)
-            .and_then(|l| l.checked_add(usize::from(c - b'0')))
-            .ok_or_else(|| err(start, "byte string length overflows"))?;
-        pos += 1;
-    }
-    if pos == start {
-        return Err(err(start, "expected a byte string length"));
-    }
-    if buf.get(pos) != Some(&b':') {
-        return Err(err(pos, "byte string length not followed by ':'"));
-    }
-    let body = pos + 1;
-    let end = body
-        .checked_add(len)
-        .filter(|&end| end <= buf.len())
-        .ok_or_else(|| err(start, "byte string runs past the end of input"))?;
-    Ok((&buf[body..end], end))
+    shardswarm_torrent::metainfo::scan::byte_string(buf, start).map_err(|e| err(e.offset, e.reason))
 }
 
 #[cfg(test)]

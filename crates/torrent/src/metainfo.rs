@@ -15,7 +15,7 @@
 //!   `files`, unsorted keys, non-canonical integers) is refused, because keeping only the four
 //!   keys would silently change the info-hash.
 
-mod scan;
+pub mod scan;
 
 use std::fs::File;
 use std::io::{self, Read};

@@ -12,11 +12,11 @@ pub(super) const MAX_DEPTH: usize = 32;
 
 /// Why a byte string is not (acceptable) bencode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct ScanError {
+pub struct ScanError {
     /// Byte offset where the problem was found.
-    pub(super) offset: usize,
+    pub offset: usize,
     /// What was wrong there.
-    pub(super) reason: &'static str,
+    pub reason: &'static str,
 }
 
 fn err(offset: usize, reason: &'static str) -> ScanError {
@@ -112,8 +112,9 @@ fn integer_end(buf: &[u8], start: usize) -> Result<usize, ScanError> {
     }
 }
 
-/// `<len>:<bytes>`: the bytes and the end offset.
-fn byte_string(buf: &[u8], start: usize) -> Result<(&[u8], usize), ScanError> {
+/// The bencode byte string `<len>:<bytes>` at `buf[start..]`: the bytes and the end offset
+/// (overflowing lengths and lengths past the input are errors; nothing is allocated).
+pub fn byte_string(buf: &[u8], start: usize) -> Result<(&[u8], usize), ScanError> {
     let mut pos = start;
     let mut len: usize = 0;
     while let Some(&c) = buf.get(pos) {
