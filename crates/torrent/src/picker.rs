@@ -270,13 +270,26 @@ impl<P: Copy + Ord + std::fmt::Debug> PiecePicker<P> {
         rng: &mut PickRng,
         already_asked: impl Fn(BlockRef) -> bool,
     ) -> Option<Pick> {
+        self.pick_where(peer, rng, |_| true, already_asked)
+    }
+
+    /// [`PiecePicker::pick`] among the pieces for which `usable(piece)` holds (to keep an
+    /// expensive source to the pieces nobody cheaper has).
+    pub fn pick_where(
+        &self,
+        peer: P,
+        rng: &mut PickRng,
+        usable: impl Fn(u32) -> bool,
+        already_asked: impl Fn(BlockRef) -> bool,
+    ) -> Option<Pick> {
         let bits = self.peers.get(&peer)?;
         let allowed = |p: &Partial<P>| p.owner.is_none() || p.owner == Some(peer);
+        let wanted = |i: u32| bits.get(i) && !self.have.get(i) && usable(i);
         // 1. Finish what we started: the rarest partial piece with a missing block.
         let started = self
             .partial
             .iter()
-            .filter(|(i, p)| p.missing > 0 && allowed(p) && bits.get(**i) && !self.have.get(**i))
+            .filter(|(i, p)| p.missing > 0 && allowed(p) && wanted(**i))
             .min_by_key(|(i, _)| (self.availability[**i as usize], **i));
         if let Some((&piece, p)) = started {
             let block = p.blocks.iter().position(|b| *b == BlockState::Missing)?;
@@ -292,7 +305,7 @@ impl<P: Copy + Ord + std::fmt::Debug> PiecePicker<P> {
         let mut best: Option<(u32, u32)> = None;
         let mut ties = 0u64;
         for i in bits.iter_ones() {
-            if self.have.get(i) || self.partial.contains_key(&i) || self.layout.blocks_in(i) == 0 {
+            if !wanted(i) || self.partial.contains_key(&i) || self.layout.blocks_in(i) == 0 {
                 continue;
             }
             let avail = self.availability[i as usize];
@@ -322,7 +335,7 @@ impl<P: Copy + Ord + std::fmt::Debug> PiecePicker<P> {
         }
         self.partial
             .iter()
-            .filter(|(i, p)| allowed(p) && bits.get(**i) && !self.have.get(**i))
+            .filter(|(i, p)| allowed(p) && wanted(**i))
             .flat_map(|(&piece, p)| {
                 p.blocks
                     .iter()
@@ -348,20 +361,9 @@ impl<P: Copy + Ord + std::fmt::Debug> PiecePicker<P> {
 
     /// Records a request of `block` to `peer` (which claims a parole piece for it).
     pub fn mark_requested(&mut self, peer: P, block: BlockRef) {
-        if self.have.get(block.piece) {
+        let Some(p) = self.partial_entry(peer, block) else {
             return;
-        }
-        let blocks = self.layout.blocks_in(block.piece);
-        if block.block >= blocks {
-            return;
-        }
-        let on_parole = self.parole.contains(&block.piece);
-        let p = self.partial.entry(block.piece).or_insert_with(|| Partial {
-            blocks: vec![BlockState::Missing; blocks as usize],
-            missing: blocks,
-            received: 0,
-            owner: on_parole.then_some(peer),
-        });
+        };
         let state = &mut p.blocks[block.block as usize];
         match state {
             BlockState::Missing => {
@@ -371,6 +373,40 @@ impl<P: Copy + Ord + std::fmt::Debug> PiecePicker<P> {
             BlockState::Requested(n) => *n += 1,
             BlockState::Received => {}
         }
+    }
+
+    /// Whether data of `block` from `peer` would still be used: the piece is not verified, the
+    /// block not received yet, and a parole piece is fetched by `peer` (or by nobody yet).
+    pub fn wants(&self, peer: P, block: BlockRef) -> bool {
+        if self.have.get(block.piece) || block.block >= self.layout.blocks_in(block.piece) {
+            return false;
+        }
+        match self.partial.get(&block.piece) {
+            None => true,
+            Some(p) => {
+                p.owner.is_none_or(|o| o == peer)
+                    && p.blocks[block.block as usize] != BlockState::Received
+            }
+        }
+    }
+
+    /// The partial piece `block` belongs to, started (and claimed by `peer` if on parole) when
+    /// it is not in progress; `None` for a verified piece or a block out of range.
+    fn partial_entry(&mut self, peer: P, block: BlockRef) -> Option<&mut Partial<P>> {
+        if self.have.get(block.piece) {
+            return None;
+        }
+        let blocks = self.layout.blocks_in(block.piece);
+        if block.block >= blocks {
+            return None;
+        }
+        let on_parole = self.parole.contains(&block.piece);
+        Some(self.partial.entry(block.piece).or_insert_with(|| Partial {
+            blocks: vec![BlockState::Missing; blocks as usize],
+            missing: blocks,
+            received: 0,
+            owner: on_parole.then_some(peer),
+        }))
     }
 
     /// One request of `block` ended without data (cancelled, timed out, rejected, peer gone).
@@ -394,18 +430,14 @@ impl<P: Copy + Ord + std::fmt::Debug> PiecePicker<P> {
         }
     }
 
-    /// The data of `block` arrived. Returns whether the piece now has every block (and awaits
-    /// verification); `false` for a block already received or of a piece not in progress.
-    pub fn mark_received(&mut self, block: BlockRef) -> bool {
-        if self.have.get(block.piece) {
-            return false;
-        }
-        let Some(p) = self.partial.get_mut(&block.piece) else {
+    /// The data of `block` arrived from `peer`, requested or (after its request timed out) not.
+    /// Returns whether the piece now has every block (and awaits verification); `false` for a
+    /// block already received or of a verified piece.
+    pub fn mark_received(&mut self, peer: P, block: BlockRef) -> bool {
+        let Some(p) = self.partial_entry(peer, block) else {
             return false;
         };
-        let Some(state) = p.blocks.get_mut(block.block as usize) else {
-            return false;
-        };
+        let state = &mut p.blocks[block.block as usize];
         match state {
             BlockState::Received => return false,
             BlockState::Missing => p.missing -= 1,

@@ -102,7 +102,7 @@ fn requests_respect_slots_and_blocks_cover_the_last_short_piece() {
 }
 
 #[test]
-fn a_timed_out_request_is_cancelled_reissued_elsewhere_and_its_late_block_ignored() {
+fn a_timed_out_request_is_cancelled_reissued_elsewhere_and_its_late_block_counts_once() {
     let t0 = Instant::now();
     let m = meta(1);
     let mut d = Download::new(&m, Bitfield::new(1), config(), 2);
@@ -126,12 +126,76 @@ fn a_timed_out_request_is_cancelled_reissued_elsewhere_and_its_late_block_ignore
         })
         .collect();
     assert_eq!(cancelled.len(), slow.len() + dup.len());
-    assert_eq!(d.in_flight(1) + d.in_flight(2), requests(&actions).len());
-    // The late answer to a cancelled request is refused.
+    let reissued = requests(&actions);
+    assert_eq!(d.in_flight(1) + d.in_flight(2), reissued.len());
+    // The late answer to a cancelled request still counts: the uploader sent it anyway.
+    let late = d.block_received(1, slow[0].1, later).unwrap();
+    assert_eq!((late.piece, late.offset), (slow[0].2, slow[0].3));
+    // ... and the copies asked again since are withdrawn.
+    let again: Vec<u64> = reissued
+        .iter()
+        .filter(|r| (r.2, r.3) == (slow[0].2, slow[0].3))
+        .map(|r| r.1)
+        .collect();
+    let withdrawn: Vec<u64> = drain(&mut d, later)
+        .iter()
+        .filter_map(|a| match a {
+            Action::Cancel { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(withdrawn, again);
+    // Once only: the same late block again, or from the endgame duplicate, is refused.
     assert_eq!(
         d.block_received(1, slow[0].1, later),
         Err(DownloadError::UnknownRequest { id: slow[0].1 })
     );
+    let dup_same: Vec<u64> = dup
+        .iter()
+        .filter(|r| (r.2, r.3) == (slow[0].2, slow[0].3))
+        .map(|r| r.1)
+        .collect();
+    for id in dup_same {
+        assert_eq!(
+            d.block_received(2, id, later),
+            Err(DownloadError::UnknownRequest { id })
+        );
+    }
+}
+
+#[test]
+fn an_overdue_request_to_a_slow_sole_source_is_kept_and_a_dead_ones_is_asked_again() {
+    let t0 = Instant::now();
+    let m = meta(2);
+    let mut d = Download::new(&m, Bitfield::new(2), config(), 4);
+    d.add_peer(1, t0);
+    d.peer_bitfield(1, Bitfield::full(2));
+    let first = requests(&drain(&mut d, t0));
+    assert_eq!(first.len(), 2);
+    // One block arrives on time; the other is still queued behind the uploader's other work.
+    let t1 = t0 + Duration::from_secs(10);
+    d.block_received(1, first[0].1, t1).unwrap();
+    let second = requests(&drain(&mut d, t1));
+    // 21 s: the peer delivered 11 s ago, so it is slow, not dead, and nobody else has the
+    // piece: nothing is cancelled, its slots halve.
+    let t2 = t0 + Duration::from_secs(21);
+    d.handle_timeout(t2);
+    assert!(drain(&mut d, t2).is_empty());
+    assert_eq!(d.in_flight(1), 1 + second.len());
+    // Another piece's data counts as progress too (the adapter reports it).
+    d.peer_progress(1, t0 + Duration::from_secs(35));
+    d.handle_timeout(t0 + Duration::from_secs(42));
+    assert!(drain(&mut d, t0 + Duration::from_secs(42)).is_empty());
+    // Silent for a whole timeout: its requests are withdrawn and asked again.
+    let t3 = t0 + Duration::from_secs(63);
+    d.handle_timeout(t3);
+    let actions = drain(&mut d, t3);
+    let cancels = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Cancel { .. }))
+        .count();
+    assert_eq!(cancels, 1 + second.len());
+    assert_eq!(requests(&actions).len(), 1, "slots halved to 1");
 }
 
 #[test]
@@ -194,4 +258,47 @@ fn a_bad_piece_from_one_peer_bans_it_and_completion_is_announced_once() {
     assert!(d.is_complete());
     let mut done = Download::<u8>::new(&m, Bitfield::full(1), config(), 5);
     assert_eq!(drain(&mut done, t0), vec![Action::Completed]);
+}
+
+#[test]
+fn a_peer_announcing_a_piece_takes_its_blocks_off_the_expensive_seed() {
+    let t0 = Instant::now();
+    let m = meta(2);
+    let mut d = Download::new(&m, Bitfield::new(2), config(), 5);
+    // Peer 9 is the server: its uplink is shared, so it gets no duplicates.
+    d.add_peer(9, t0);
+    d.limit_peer(9, 2, false);
+    d.peer_bitfield(9, Bitfield::full(2));
+    let asked = requests(&drain(&mut d, t0));
+    assert_eq!(asked.len(), 2);
+    let piece = asked[0].2;
+    d.add_peer(1, t0);
+    d.peer_bitfield(1, Bitfield::new(2));
+    assert!(drain(&mut d, t0).is_empty());
+    d.peer_have(1, piece);
+    let actions = drain(&mut d, t0);
+    let withdrawn: Vec<u64> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Cancel { peer: 9, id } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let moved: Vec<_> = asked.iter().filter(|r| r.2 == piece).collect();
+    assert_eq!(withdrawn, moved.iter().map(|r| r.1).collect::<Vec<_>>());
+    // The blocks go to the peer; the server's freed slots go to pieces only it has.
+    let (to_peer, to_server): (Vec<_>, Vec<_>) =
+        requests(&actions).into_iter().partition(|r| r.0 == 1);
+    assert_eq!(to_peer.len(), moved.len());
+    assert!(to_peer.iter().all(|r| r.2 == piece));
+    assert!(to_server.iter().all(|r| r.0 == 9 && r.2 != piece));
+    // The server had already sent one: it still counts, and the peer's copy is withdrawn.
+    let got = d.block_received(9, moved[0].1, t0).unwrap();
+    assert_eq!((got.piece, got.offset), (piece, moved[0].3));
+    let again = drain(&mut d, t0);
+    assert!(
+        again
+            .iter()
+            .any(|a| matches!(a, Action::Cancel { peer: 1, .. }))
+    );
 }

@@ -197,3 +197,36 @@ fn endgame_duplicates_the_last_blocks_and_cancels_the_losers() {
         sim.stats.completed_at[&2]
     );
 }
+
+#[test]
+fn a_seed_slower_than_its_request_queue_still_delivers_at_its_full_rate() {
+    // 64 KB/s and 8 blocks of 256 KiB queued by each of two leechers: every request waits ~64 s,
+    // three times the 20 s timeout. The seed ignores cancels (ours drops only blocks it has not
+    // started). Before, each timeout threw away what the seed then sent and re-queued the block
+    // at the back: 401 s and 3.09 copies from the seed for this file (and with several
+    // downloads sharing the seed's uplink, no end at all). Now late blocks count and a slow
+    // sole source keeps its requests.
+    let (meta, source) = make_meta(32 * 256 * KIB + 1234, 256 * 1024, 8);
+    let specs = vec![
+        NodeSpec::honest(true, 64_000.0, 1),
+        NodeSpec::honest(false, 10e6, 1),
+        NodeSpec::honest(false, 10e6, 1),
+    ];
+    let mut sim = Sim::new(meta, source, specs, config(256, 20), 23);
+    assert!(
+        sim.run(Duration::from_secs(3600)),
+        "stuck at {:?}: {:?}",
+        sim.now(),
+        sim.stats
+    );
+    assert_all_have_the_file(&sim, 1..3);
+    // One copy from the seed takes 131 s; the leechers split it and trade (measured: 176 s,
+    // 1.41 copies — what both leechers had already queued at the seed is sent twice).
+    let done = sim.stats.completed_at.values().max().copied();
+    let waste = sim.stats.uploaded[0] as f64 / sim.source.len() as f64;
+    assert!(
+        done.is_some_and(|d| d < Duration::from_secs(220)),
+        "took {done:?}, the seed sent {waste:.2} copies"
+    );
+    assert!(waste < 1.6, "the seed sent {waste:.2} copies in {done:?}");
+}

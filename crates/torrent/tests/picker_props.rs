@@ -96,7 +96,7 @@ proptest! {
                 Op::Receive(p) => {
                     if let Some(pos) = outstanding.iter().position(|(q, _)| *q == p) {
                         let (_, b) = outstanding.remove(pos);
-                        picker.mark_received(b);
+                        picker.mark_received(p, b);
                         // Other copies of the block are cancelled.
                         outstanding.retain(|(_, x)| *x != b);
                     }

@@ -346,3 +346,83 @@ pub fn default_model() -> Result<PathBuf> {
     );
     Ok(path)
 }
+
+pub fn model_dir(node_dir: &Path, manifest: &Manifest) -> PathBuf {
+    node_dir.join("models").join(&manifest.model_id)
+}
+
+/// Every final `shard-N.gguf` under `node_dir` equals the server's file (a `.part` is never
+/// renamed early); returns the shards present.
+pub fn final_files_intact(manifest: &Manifest, shards: &Path, node_dir: &Path) -> Result<Vec<u32>> {
+    let dir = model_dir(node_dir, manifest);
+    let mut present = Vec::new();
+    for s in &manifest.shards {
+        let path = dir.join(&s.filename);
+        if !path.exists() {
+            continue;
+        }
+        let got = std::fs::read(&path).with_context(|| path.display().to_string())?;
+        let want = std::fs::read(shards.join(&s.filename))?;
+        ensure!(
+            got == want,
+            "{} is a final file that differs from the server's ({} of {} bytes)",
+            path.display(),
+            got.len(),
+            want.len()
+        );
+        present.push(s.index);
+    }
+    Ok(present)
+}
+
+/// Polls `base`'s status until `done` holds (or `limit` passes), pausing on `proc`'s output.
+pub fn await_status(
+    proc: &Proc,
+    base: &str,
+    what: &str,
+    limit: Duration,
+    mut done: impl FnMut(&Value) -> Result<bool>,
+) -> Result<Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let st = status(base)?;
+        if done(&st)? {
+            return Ok(st);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {st}"
+        );
+        proc.out.pause(POLL);
+    }
+}
+
+/// Waits for the `nth` (1-based) line of `proc` containing `pat`.
+pub fn await_line(proc: &Proc, pat: &str, nth: usize, limit: Duration) -> Result<String> {
+    let mut seen = 0;
+    proc.out
+        .wait_for(
+            &format!("{pat:?} #{nth} from {}", proc.name),
+            Instant::now() + limit,
+            |l| {
+                if l.contains(pat) {
+                    seen += 1;
+                }
+                (seen >= nth).then(|| l.to_owned())
+            },
+        )
+        .with_context(|| proc.report())
+}
+
+/// The end of every scenario: each node's files equal the server's, the swarm is ready.
+pub fn all_good(manifest: &Manifest, shards: &Path, nodes: &[&Path], srv_http: &str) -> Result<()> {
+    for dir in nodes {
+        final_files_intact(manifest, shards, dir)?;
+    }
+    let st = status(srv_http)?;
+    ensure!(
+        st["swarm_ready"] == true,
+        "swarm not ready at the end: {st}"
+    );
+    Ok(())
+}

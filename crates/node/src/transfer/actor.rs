@@ -1,12 +1,14 @@
 //! The transfer actor: owns the torrents, reacts to stream frames and event-loop commands, and
 //! turns engine actions into frames.
 //!
-//! Invariants: a wire request id is in `wire` exactly while the engine has it outstanding; a
+//! Invariants: a wire request id is in `wire` while the engine has it outstanding, and after a
+//! `Cancel` until its data comes or [`MAX_CANCELLED`] later cancels pushed it out (the engine
+//! still takes a timed-out request's data if the block is wanted); a
 //! banned peer gets no request and is served nothing; disk writes happen only for blocks the
 //! engine accepted, and a piece counts only after `PieceStore::verify_piece` said so; a
 //! storage error pauses the download and blames no peer (`pause`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,6 +27,8 @@ use super::rate::RateLimiter;
 use super::{TransferCmd, TransferConfig, TransferEvent, TransferEvents, TransferHandle};
 use crate::metrics::Metrics;
 
+/// Cancelled requests whose data is still recognised if it arrives.
+const MAX_CANCELLED: usize = 4096;
 /// Largest block we serve in one `Piece` frame.
 const MAX_BLOCK: u32 = 4 * 1024 * 1024;
 /// `Reject` reasons.
@@ -85,6 +89,8 @@ struct Actor {
     inbound: HashMap<u64, Inbound>,
     wire: HashMap<u64, (InfoHash, u64, PeerId)>,
     by_engine: HashMap<(InfoHash, u64), u64>,
+    /// Cancelled wire ids still in `wire`, oldest first (at most [`MAX_CANCELLED`]).
+    cancelled: VecDeque<u64>,
     next_wire: u64,
     banned: HashSet<PeerId>,
     /// Peers whose download stream failed, and when to try again.
@@ -95,6 +101,23 @@ struct Actor {
     bt: bt::BtPeers,
     /// Which peers are only reachable through the relay (and its cap).
     paths: super::PathCaps,
+    /// Blocks committed to one downloader's writer (see [`commit_depth`]).
+    block_queue: usize,
+}
+
+/// How many read blocks may wait in one downloader's writer: [`conn::BLOCK_QUEUE`], or fewer
+/// under `--upload-limit` (about 2 s of sending, at least 1), since a block in the writer goes
+/// out even if its request is cancelled — with 4 blocks of 256 KiB at 64 KB/s that was 16 s of
+/// uplink per downloader spent on blocks another peer may already have supplied.
+fn commit_depth(limit: Option<super::Rate>) -> usize {
+    const BLOCK: u64 = 256 * 1024;
+    match limit {
+        None => conn::BLOCK_QUEUE,
+        Some(super::Rate(bytes_per_s)) => {
+            let depth = (bytes_per_s.saturating_mul(2) / BLOCK).clamp(1, conn::BLOCK_QUEUE as u64);
+            usize::try_from(depth).unwrap_or(1)
+        }
+    }
 }
 
 /// Starts the service on `control` (whose piece protocol is not yet accepted elsewhere).
@@ -139,6 +162,7 @@ pub(crate) fn spawn(
         inbound: HashMap::new(),
         wire: HashMap::new(),
         by_engine: HashMap::new(),
+        cancelled: VecDeque::new(),
         next_wire: 0,
         banned: HashSet::new(),
         retry_out: HashMap::new(),
@@ -146,6 +170,7 @@ pub(crate) fn spawn(
         server_only: config.server_only,
         bt,
         paths,
+        block_queue: commit_depth(config.upload_limit),
     };
     tokio::spawn(actor.run(rx, conn_rx));
     Ok((TransferHandle { tx, bt_addr }, ev_rx))

@@ -445,9 +445,11 @@ impl Sim {
                 return;
             }
         }
-        let rb = dl
-            .block_received(from, id, now)
-            .expect("pending request checked");
+        let Ok(rb) = dl.block_received(from, id, now) else {
+            // A late block whose data is no longer wanted.
+            self.stats.rejected_blocks += 1;
+            return;
+        };
         let start = self.meta.piece_offset(rb.piece) as usize + rb.offset as usize;
         self.nodes[to].data[start..start + data.len()].copy_from_slice(&data);
         if !rb.piece_complete {

@@ -10,9 +10,10 @@ use shardswarm_torrent::metainfo::Metainfo;
 use shardswarm_torrent::wire::Frame;
 use tracing::{debug, info, warn};
 
-use super::{Actor, Inbound, MAX_BLOCK, MAX_WAITING, REJECT_BUSY, REJECT_DONT_HAVE, Waiting};
+use super::{
+    Actor, Inbound, MAX_BLOCK, MAX_CANCELLED, MAX_WAITING, REJECT_BUSY, REJECT_DONT_HAVE, Waiting,
+};
 use crate::transfer::TransferEvent;
-use crate::transfer::conn::BLOCK_QUEUE;
 
 /// Requests in flight to the server per download.
 const SERVER_IN_FLIGHT: usize = 8;
@@ -172,6 +173,12 @@ impl Actor {
     }
 
     fn on_piece(&mut self, peer: PeerId, id: u64, data: &[u8], now: Instant) {
+        // Data from `peer`, for whichever torrent: it is slow at worst, not dead.
+        for t in self.torrents.values_mut() {
+            if let Some(d) = &mut t.download {
+                d.peer_progress(peer, now);
+            }
+        }
         let Some((ih, eid, p)) = self.wire.remove(&id) else {
             return;
         };
@@ -335,7 +342,7 @@ impl Actor {
             let Some(inb) = self.inbound.get_mut(&conn) else {
                 return;
             };
-            if inb.queued >= BLOCK_QUEUE {
+            if inb.queued >= self.block_queue {
                 return;
             }
             let Some(w) = inb.waiting.pop_front() else {
@@ -415,7 +422,13 @@ impl Actor {
                     }
                     Action::Cancel { peer, id } => {
                         if let Some(wid) = self.by_engine.remove(&(ih, id)) {
-                            self.wire.remove(&wid);
+                            // The uploader may send it anyway; the engine decides if it counts.
+                            self.cancelled.push_back(wid);
+                            while self.cancelled.len() > MAX_CANCELLED {
+                                if let Some(old) = self.cancelled.pop_front() {
+                                    self.wire.remove(&old);
+                                }
+                            }
                             if let Some(tx) = self.out.get(&peer) {
                                 let _ = tx.try_send(Frame::Cancel { id: wid });
                             }

@@ -57,6 +57,7 @@ fn actor() -> (Actor, mpsc::Receiver<TransferEvent>) {
         inbound: HashMap::new(),
         wire: HashMap::new(),
         by_engine: HashMap::new(),
+        cancelled: Default::default(),
         next_wire: 0,
         banned: HashSet::new(),
         retry_out: HashMap::new(),
@@ -64,6 +65,7 @@ fn actor() -> (Actor, mpsc::Receiver<TransferEvent>) {
         server_only: false,
         bt,
         paths: Default::default(),
+        block_queue: crate::transfer::conn::BLOCK_QUEUE,
     };
     (actor, ev_rx)
 }

@@ -15,7 +15,13 @@
 //!   `Cancel` goes out), endgame duplicate of a block that arrived elsewhere (a `Cancel` goes
 //!   out), or its peer leaving. Anything naming an ended id is answered with
 //!   [`DownloadError::UnknownRequest`] and changes nothing, so late, duplicate and out-of-order
-//!   blocks are harmless.
+//!   blocks are harmless — except that the data of a *timed-out* request (remembered in
+//!   `late`, bounded) is still taken if the block is still wanted: an uploader that already
+//!   queued it sends it anyway, and dropping it would waste that upload.
+//! - An overdue request is cancelled only if its peer looks dead (nothing from it for a whole
+//!   timeout, see [`Download::peer_progress`]) or another peer can serve the block; a slow but
+//!   live sole source keeps it (its deadline moves on, its slots halve), since asking again
+//!   would only put the block at the back of the same queue.
 //! - `in_flight <= slots <= max_in_flight_per_peer` when issuing; a timeout halves the peer's
 //!   slots (at least 1), each block on time gives one back (AIMD), a reject backs the peer off
 //!   for a while.
@@ -37,110 +43,15 @@ use crate::bitfield::Bitfield;
 use crate::metainfo::Metainfo;
 use crate::picker::{BlockRef, Layout, PickRng, PiecePicker};
 
+mod late;
+mod types;
+
 const TARGET: &str = "shardswarm_torrent::download";
 /// First back-off after a reject; doubles per consecutive reject up to [`MAX_BACKOFF`].
 const BASE_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
 
-/// Tuning of a [`Download`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DownloadConfig {
-    /// Bytes per request (clipped to the piece size and the wire maximum). Default 256 KiB.
-    pub block_size: u32,
-    /// Most requests outstanding to one peer. Default 8.
-    pub max_in_flight_per_peer: usize,
-    /// A request unanswered this long is re-issued elsewhere. Default 20 s.
-    pub request_timeout: Duration,
-    /// Bad pieces a peer may be the sole source of before it is banned. Default 1.
-    pub max_strikes: u32,
-}
-
-impl Default for DownloadConfig {
-    fn default() -> Self {
-        DownloadConfig {
-            block_size: 256 * 1024,
-            max_in_flight_per_peer: 8,
-            request_timeout: Duration::from_secs(20),
-            max_strikes: 1,
-        }
-    }
-}
-
-/// Something the adapter must do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action<P> {
-    /// Send `Frame::Request { id, piece, offset, length, .. }` to `peer`.
-    Request {
-        /// The uploader.
-        peer: P,
-        /// The request id (unique in this download).
-        id: u64,
-        /// The piece.
-        piece: u32,
-        /// Byte offset in the piece.
-        offset: u32,
-        /// Bytes wanted.
-        length: u32,
-    },
-    /// Send `Frame::Cancel { id }` to `peer` (timed out, or an endgame duplicate arrived
-    /// elsewhere); a `Piece` for it that still arrives is to be dropped.
-    Cancel {
-        /// The uploader.
-        peer: P,
-        /// The withdrawn request.
-        id: u64,
-    },
-    /// Disconnect `peer` and refuse it from now on: it served bad data.
-    Ban {
-        /// The offender.
-        peer: P,
-    },
-    /// Every piece is verified: finish the storage.
-    Completed,
-}
-
-/// Where a received block goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReceivedBlock {
-    /// The piece.
-    pub piece: u32,
-    /// Byte offset in the piece (write at `piece_offset(piece) + offset`).
-    pub offset: u32,
-    /// The block length the data must have.
-    pub length: u32,
-    /// Every block of the piece is now here: verify it and call [`Download::piece_verified`].
-    pub piece_complete: bool,
-}
-
-/// An outstanding request, as looked up with [`Download::pending_request`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PendingRequest<P> {
-    /// The uploader asked.
-    pub peer: P,
-    /// The piece.
-    pub piece: u32,
-    /// Byte offset in the piece.
-    pub offset: u32,
-    /// Bytes asked for.
-    pub length: u32,
-}
-
-/// Events the engine refuses.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DownloadError {
-    /// No such outstanding request (never issued, cancelled, timed out, already answered).
-    #[error("no outstanding request {id}")]
-    UnknownRequest {
-        /// The id.
-        id: u64,
-    },
-    /// The request exists but was sent to another peer.
-    #[error("request {id} was not sent to this peer")]
-    NotYourRequest {
-        /// The id.
-        id: u64,
-    },
-}
+pub use types::{Action, DownloadConfig, DownloadError, PendingRequest, ReceivedBlock};
 
 #[derive(Debug, Clone)]
 struct Request<P> {
@@ -164,6 +75,8 @@ struct PeerState {
     blocked_until: Option<Instant>,
     /// Blocks whose request to this peer timed out since it last delivered one.
     timed_out: HashSet<BlockRef>,
+    /// When data last came from this peer (for any download, see `peer_progress`).
+    last_progress: Option<Instant>,
 }
 
 /// The download of one torrent (see the module docs).
@@ -174,6 +87,7 @@ pub struct Download<P> {
     rng: PickRng,
     next_id: u64,
     requests: BTreeMap<u64, Request<P>>,
+    late: late::LateRequests<P>,
     by_block: HashMap<BlockRef, Vec<u64>>,
     peers: BTreeMap<P, PeerState>,
     piece_sources: HashMap<u32, BTreeSet<P>>,
@@ -211,6 +125,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Download<P> {
             rng: PickRng::new(seed),
             next_id: 1,
             requests: BTreeMap::new(),
+            late: late::LateRequests::new(),
             by_block: HashMap::new(),
             peers: BTreeMap::new(),
             piece_sources: HashMap::new(),
@@ -242,6 +157,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Download<P> {
                 backoff_pending: false,
                 blocked_until: None,
                 timed_out: HashSet::new(),
+                last_progress: None,
             },
         );
         self.picker
@@ -267,9 +183,34 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Download<P> {
     }
 
     /// The peer verified one more piece; ignored for unknown peers or out-of-range pieces.
+    /// Requests of that piece still waiting at an expensive source (see
+    /// [`Download::limit_peer`]) are withdrawn so the blocks come from this peer instead; if the
+    /// source already sent one, it still counts when it arrives.
     pub fn peer_have(&mut self, peer: P, piece: u32) {
-        if self.peers.contains_key(&peer) {
-            self.picker.peer_have(peer, piece);
+        let Some(state) = self.peers.get(&peer) else {
+            return;
+        };
+        let cheap = state.duplicates;
+        self.picker.peer_have(peer, piece);
+        if !cheap {
+            return;
+        }
+        let expensive: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| {
+                r.block.piece == piece && self.peers.get(&r.peer).is_some_and(|s| !s.duplicates)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expensive {
+            if let Some(req) = self.requests.get(&id).cloned() {
+                self.end_request(id);
+                tracing::trace!(target: TARGET, from = ?req.peer, to = ?peer, id, piece, "request moved off an expensive source");
+                self.actions
+                    .push_back(Action::Cancel { peer: req.peer, id });
+                self.late.insert(id, req);
+            }
         }
     }
 
@@ -287,6 +228,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Download<P> {
         for id in ids {
             self.end_request(id);
         }
+        self.late.remove_peer(peer);
         for piece in self.picker.remove_peer(peer) {
             self.piece_sources.remove(&piece);
         }
@@ -296,9 +238,19 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Download<P> {
         tracing::debug!(target: TARGET, ?peer, "peer removed");
     }
 
-    /// The outstanding request `id`, to check a `Piece` frame's length against before writing.
+    /// Data arrived from `peer` (a block of any download sharing its connection): it is slow at
+    /// worst, not dead, so its overdue requests are not withdrawn while it is the only source.
+    pub fn peer_progress(&mut self, peer: P, now: Instant) {
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.last_progress = Some(now);
+        }
+    }
+
+    /// The outstanding (or timed-out but remembered) request `id`, to check a `Piece` frame's
+    /// length against before writing.
     pub fn pending_request(&self, id: u64) -> Option<PendingRequest<P>> {
-        self.requests.get(&id).map(|r| PendingRequest {
+        let req = self.requests.get(&id).or_else(|| self.late.get(id));
+        req.map(|r| PendingRequest {
             peer: r.peer,
             piece: r.block.piece,
             offset: r.offset,
@@ -307,30 +259,39 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Download<P> {
     }
 
     /// The data of request `id` arrived from `peer` (its length already checked against
-    /// [`Download::pending_request`]). Other outstanding copies of the block are cancelled.
+    /// [`Download::pending_request`]). Other outstanding copies of the block are cancelled. The
+    /// data of a timed-out request counts if the block is still wanted, else it is
+    /// [`DownloadError::UnknownRequest`] like any ended id.
     pub fn block_received(
         &mut self,
         peer: P,
         id: u64,
         now: Instant,
     ) -> Result<ReceivedBlock, DownloadError> {
-        let req = self
-            .requests
-            .get(&id)
-            .ok_or(DownloadError::UnknownRequest { id })?;
-        if req.peer != peer {
-            return Err(DownloadError::NotYourRequest { id });
-        }
-        let on_time = now <= req.deadline;
-        let req = self.end_request_keep_block(id)?;
+        let (req, on_time) = match self.requests.get(&id) {
+            Some(r) if r.peer != peer => return Err(DownloadError::NotYourRequest { id }),
+            Some(r) => {
+                let on_time = now <= r.deadline;
+                (self.end_request_keep_block(id)?, on_time)
+            }
+            None => {
+                let r = self.late.take(id, peer)?;
+                if !self.picker.wants(peer, r.block) {
+                    return Err(DownloadError::UnknownRequest { id });
+                }
+                tracing::debug!(target: TARGET, ?peer, id, piece = r.block.piece, "late block still wanted");
+                (r, false)
+            }
+        };
         if let Some(state) = self.peers.get_mut(&peer) {
             state.reject_streak = 0;
             state.timed_out.clear();
+            state.last_progress = Some(now);
             if on_time {
                 state.slots = (state.slots + 1).min(state.cap);
             }
         }
-        let piece_complete = self.picker.mark_received(req.block);
+        let piece_complete = self.picker.mark_received(peer, req.block);
         self.piece_sources
             .entry(req.block.piece)
             .or_default()
@@ -407,8 +368,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Download<P> {
         }
     }
 
-    /// Ends every request whose deadline passed: `Cancel` to its peer, the peer's slots halved,
-    /// the block back in the pool for someone else.
+    /// Handles every request whose deadline passed: the peer's slots halve; a slow but live
+    /// sole source keeps the request (new deadline), otherwise it is cancelled (its data still
+    /// counts if it comes) and the block goes back to the pool for someone else.
     pub fn handle_timeout(&mut self, now: Instant) {
         let expired: Vec<u64> = self
             .requests
@@ -417,12 +379,29 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Download<P> {
             .map(|(&id, _)| id)
             .collect();
         for id in expired {
-            let Some((peer, block)) = self.requests.get(&id).map(|r| (r.peer, r.block)) else {
+            let Some(req) = self.requests.get(&id).cloned() else {
                 continue;
             };
-            self.end_request(id);
+            let (peer, block) = (req.peer, req.block);
+            let timeout = self.config.request_timeout;
+            let alive = self
+                .peers
+                .get(&peer)
+                .and_then(|s| s.last_progress)
+                .is_some_and(|t| now.saturating_duration_since(t) < timeout);
             if let Some(state) = self.peers.get_mut(&peer) {
                 state.slots = (state.slots / 2).max(1);
+            }
+            if alive && !self.other_source(peer, block) {
+                if let Some(r) = self.requests.get_mut(&id) {
+                    r.deadline = now + timeout;
+                }
+                tracing::debug!(target: TARGET, ?peer, id, "request overdue from a slow sole source; kept");
+                continue;
+            }
+            self.end_request(id);
+            self.late.insert(id, req);
+            if let Some(state) = self.peers.get_mut(&peer) {
                 state.timed_out.insert(block);
             }
             tracing::debug!(target: TARGET, ?peer, id, "request timed out");
@@ -513,7 +492,23 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Download<P> {
                         .any(|id| requests.get(id).is_some_and(|r| r.peer == peer))
                 })
             };
-            let Some(pick) = self.picker.pick(peer, &mut self.rng, asked) else {
+            // An expensive source (the server) is kept to pieces no live cheap peer with a free
+            // slot has: what peers have comes from them, the server fills in where they cannot.
+            let expensive = !state.duplicates;
+            let peers = &self.peers;
+            let picker = &self.picker;
+            let usable = |piece: u32| {
+                !expensive
+                    || !peers.iter().any(|(p, s)| {
+                        *p != peer
+                            && s.duplicates
+                            && s.in_flight < s.slots
+                            && s.timed_out.is_empty()
+                            && s.blocked_until.is_none_or(|t| t <= now)
+                            && picker.peer_has(*p, piece)
+                    })
+            };
+            let Some(pick) = picker.pick_where(peer, &mut self.rng, usable, asked) else {
                 continue;
             };
             if pick.duplicate && !state.duplicates {
