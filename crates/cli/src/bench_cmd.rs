@@ -15,9 +15,6 @@
 //! panic or Ctrl-C/SIGTERM (the bench future is dropped) the children are killed. Progress and
 //! the children's log paths go to stderr, results to stdout.
 
-// `bench pipeline` lives beside `bench_infer.rs` but is a child of this module, so that it can
-// use the process guard and the server start-up below.
-#[path = "bench_pipeline.rs"]
 mod pipeline;
 mod procs;
 mod raw;

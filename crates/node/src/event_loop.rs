@@ -96,9 +96,6 @@ pub(crate) struct EventLoop {
     pub(crate) nat: crate::nat::NatState,
 }
 
-/// How long after the first listen address the others may take to come up.
-const LISTEN_GRACE: Duration = Duration::from_secs(3);
-
 /// The handler of a command over its peer's rate: refuses without running it.
 struct RateLimited;
 
@@ -379,50 +376,6 @@ impl EventLoop {
         }
     }
 
-    fn on_new_listen_addr(&mut self, listener_id: ListenerId, address: Multiaddr) {
-        let full = address
-            .clone()
-            .with_p2p(self.local())
-            .unwrap_or(address.clone());
-        info!(target: "shardswarm::peer", "listening on {full}");
-        self.swarm.add_external_address(address.clone());
-        self.listen_addrs.push(full);
-        self.listen_deadline
-            .get_or_insert_with(|| Instant::now() + LISTEN_GRACE);
-        self.listener_settled(listener_id);
-    }
-
-    fn listener_settled(&mut self, listener_id: ListenerId) {
-        self.listeners_pending.remove(&listener_id);
-        self.publish_listen_addrs();
-    }
-
-    /// Called every tick: past the grace period, listeners that never reported an address are
-    /// given up on, so `server.addrs`, the HTTP gateway and everything waiting on the listen
-    /// addresses go on with the ones that work.
-    pub(crate) fn listen_grace_check(&mut self) {
-        if self.listeners_pending.is_empty()
-            || self.listen_deadline.is_none_or(|d| Instant::now() < d)
-        {
-            return;
-        }
-        warn!(target: "shardswarm::peer", silent = self.listeners_pending.len(),
-            "some listen addresses never came up (an address family this host lacks?); going on with the others");
-        self.listeners_pending.clear();
-        self.publish_listen_addrs();
-    }
-
-    fn publish_listen_addrs(&mut self) {
-        if self.listeners_pending.is_empty() && !self.listen_addrs.is_empty() {
-            let mut addrs = self.listen_addrs.clone();
-            addrs.sort_by_key(|a| !a.iter().any(|p| matches!(p, Protocol::QuicV1)));
-            if let RoleState::Server(_) = self.role {
-                self.write_server_addrs(&addrs);
-            }
-            self.listen_tx.send_replace(Some(addrs));
-        }
-    }
-
     fn on_behaviour_event(&mut self, ev: BehaviourEvent) {
         match ev {
             BehaviourEvent::Cmd(ev) => self.on_cmd_event(ev),
@@ -607,54 +560,6 @@ impl EventLoop {
             }
             RrEvent::ResponseSent { .. } => {}
         }
-    }
-
-    /// This peer's own status.
-    pub(crate) fn node_status(&self) -> NodeStatus {
-        let (role, verified, loaded, downloading) = match &self.role {
-            RoleState::Server(s) => (
-                Role::Server,
-                s.catalog.files.iter().map(|f| f.shard_index).collect(),
-                Vec::new(),
-                Vec::new(),
-            ),
-            RoleState::Node(n) => (
-                Role::Node,
-                n.present.clone(),
-                n.loaded.clone(),
-                n.downloading.clone(),
-            ),
-        };
-        NodeStatus {
-            peer_id: self.local().to_string(),
-            role,
-            addresses: self.listen_addrs.iter().map(ToString::to_string).collect(),
-            loaded,
-            verified,
-            downloading,
-            bytes_up: self.metrics.uploaded_total(),
-            bytes_down: self.metrics.downloaded_total(),
-        }
-    }
-
-    /// The swarm as this peer sees it.
-    pub(crate) fn swarm_status(&self) -> shardswarm_proto::SwarmStatus {
-        let mut nodes = vec![self.node_status()];
-        nodes.extend(self.peers.values().filter_map(|p| p.status.clone()));
-        let (model, model_id, files) = match &self.role {
-            RoleState::Server(s) => (
-                s.catalog.model.as_str(),
-                s.catalog.model_id.as_str(),
-                &s.catalog.files[..],
-            ),
-            RoleState::Node(n) => match &n.catalog {
-                Some(c) => (c.model.as_str(), c.model_id.as_str(), &c.files[..]),
-                None => ("", "", &[][..]),
-            },
-        };
-        let status = crate::status::swarm_status(model, model_id, files, nodes);
-        self.metrics.swarm_ready.set(i64::from(status.swarm_ready));
-        status
     }
 }
 

@@ -10,6 +10,7 @@
 //! ([`limits`]) and by the bytes left in the file; every tensor must lie inside the file at an
 //! aligned offset with a size that is a whole number of its type's blocks.
 
+mod parse;
 mod read;
 mod types;
 mod value;
