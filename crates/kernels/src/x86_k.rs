@@ -107,6 +107,56 @@ fn scales_mins_k4(q: &[u8]) -> [u8; 16] {
     out
 }
 
+/// What Q4_K and Q5_K blocks share before their quants.
+struct K4Head {
+    /// The block's `d` times the activation block's.
+    d: f32,
+    /// Minus the block's `dmin` times the activation block's.
+    dmin: f32,
+    /// The 8 sub-block scales as 16-bit values, repeated in both 128-bit lanes.
+    scales: __m256i,
+    /// The minimum term before `dmin`: `min_k · (bsum_2k + bsum_2k+1)` for k in 0..4 (pairs of
+    /// i16 products summed into i32 lanes by `madd`).
+    min_prod: __m128i,
+}
+
+/// Reads a Q4_K/Q5_K block's `d`, `dmin` and packed scales/mins (bytes 0..16) against `y`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn k4_head<const N: usize>(b: &[u8; N], y: &Q8KBlock) -> K4Head {
+    let d = y.d * f16_at(b[0], b[1]);
+    let dmin = -y.d * f16_at(b[2], b[3]);
+    let sm = scales_mins_k4(&b[4..16]);
+    // SAFETY: `sm` is 16 bytes; unaligned load.
+    let sm = unsafe { _mm_loadu_si128(sm.as_ptr().cast()) };
+    let mins_and_scales = _mm256_cvtepu8_epi16(sm);
+    // Minimum term: Σ over sub-blocks of min · (sum of its 32 activation quants).
+    // SAFETY: `bsums` is 16 i16 = 32 bytes; unaligned load.
+    let bsums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
+    let q8s = _mm_hadd_epi16(
+        _mm256_castsi256_si128(bsums),
+        _mm256_extracti128_si256::<1>(bsums),
+    );
+    let min_prod = _mm_madd_epi16(_mm256_extracti128_si256::<1>(mins_and_scales), q8s);
+    let sc = _mm256_castsi256_si128(mins_and_scales);
+    K4Head {
+        d,
+        dmin,
+        scales: _mm256_set_m128i(sc, sc),
+        min_prod,
+    }
+}
+
+/// Sub-block `k`'s scale (of [`K4Head::scales`]) broadcast to every 16-bit lane.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn sub_scale(scales: __m256i, k: u8) -> __m256i {
+    _mm256_shuffle_epi8(
+        scales,
+        _mm256_set1_epi16(i16::from_le_bytes([2 * k, 2 * k + 1])),
+    )
+}
+
 /// Q4_K row · Q8_K activations.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -115,36 +165,17 @@ fn dot_q4_k(w: &[[u8; 144]], act: &[Q8KBlock]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut acc_m = _mm_setzero_ps();
     for (b, y) in w.iter().zip(act) {
-        let d = y.d * f16_at(b[0], b[1]);
-        let dmin = -y.d * f16_at(b[2], b[3]);
-        let sm = scales_mins_k4(&b[4..16]);
-        // SAFETY: `sm` is 16 bytes; unaligned load.
-        let sm = unsafe { _mm_loadu_si128(sm.as_ptr().cast()) };
-        let mins_and_scales = _mm256_cvtepu8_epi16(sm);
-        // Minimum term: Σ over sub-blocks of min · (sum of its 32 activation quants).
-        // SAFETY: `bsums` is 16 i16 = 32 bytes; unaligned load.
-        let bsums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
-        let q8s = _mm_hadd_epi16(
-            _mm256_castsi256_si128(bsums),
-            _mm256_extracti128_si256::<1>(bsums),
-        );
-        let prod = _mm_madd_epi16(_mm256_extracti128_si256::<1>(mins_and_scales), q8s);
-        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m);
-        // Scales as 16-bit pairs: sub-block k's scale broadcast by a byte shuffle.
-        let sc = _mm256_castsi256_si128(mins_and_scales);
-        let scales = _mm256_set_m128i(sc, sc);
+        let K4Head {
+            d,
+            dmin,
+            scales,
+            min_prod,
+        } = k4_head(b, y);
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(min_prod), acc_m);
         let mut sumi = _mm256_setzero_si256();
         for j in 0..4 {
-            let lo = 2 * j as i8;
-            let hi = lo + 1;
-            let scale_l = _mm256_shuffle_epi8(
-                scales,
-                _mm256_set1_epi16(i16::from_le_bytes([2 * lo as u8, 2 * lo as u8 + 1])),
-            );
-            let scale_h = _mm256_shuffle_epi8(
-                scales,
-                _mm256_set1_epi16(i16::from_le_bytes([2 * hi as u8, 2 * hi as u8 + 1])),
-            );
+            let scale_l = sub_scale(scales, 2 * j as u8);
+            let scale_h = sub_scale(scales, 2 * j as u8 + 1);
             let q4 = load32(b, 16 + 32 * j);
             let q4l = _mm256_and_si256(q4, m4);
             let q4h = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4);
@@ -171,37 +202,20 @@ fn dot_q5_k(w: &[[u8; 176]], act: &[Q8KBlock]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut summs = 0.0f32;
     for (b, y) in w.iter().zip(act) {
-        let d = y.d * f16_at(b[0], b[1]);
-        let dmin = -y.d * f16_at(b[2], b[3]);
-        let sm = scales_mins_k4(&b[4..16]);
-        // SAFETY: `sm` is 16 bytes; unaligned load.
-        let sm = unsafe { _mm_loadu_si128(sm.as_ptr().cast()) };
-        let mins_and_scales = _mm256_cvtepu8_epi16(sm);
-        // SAFETY: `bsums` is 16 i16 = 32 bytes; unaligned load.
-        let bsums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
-        let q8s = _mm_hadd_epi16(
-            _mm256_castsi256_si128(bsums),
-            _mm256_extracti128_si256::<1>(bsums),
-        );
-        let prod = _mm_madd_epi16(_mm256_extracti128_si256::<1>(mins_and_scales), q8s);
+        let K4Head {
+            d,
+            dmin,
+            scales,
+            min_prod,
+        } = k4_head(b, y);
         let zero = _mm_setzero_si128();
-        let h = _mm_hadd_epi32(_mm_hadd_epi32(prod, zero), zero);
+        let h = _mm_hadd_epi32(_mm_hadd_epi32(min_prod, zero), zero);
         summs += dmin * _mm_cvtsi128_si32(h) as f32;
-        let sc = _mm256_castsi256_si128(mins_and_scales);
-        let scales = _mm256_set_m128i(sc, sc);
         let hbits = load32(b, 16);
         let mut sumi = _mm256_setzero_si256();
         for j in 0..4 {
-            let lo = 2 * j as i8;
-            let hi = lo + 1;
-            let scale_0 = _mm256_shuffle_epi8(
-                scales,
-                _mm256_set1_epi16(i16::from_le_bytes([2 * lo as u8, 2 * lo as u8 + 1])),
-            );
-            let scale_1 = _mm256_shuffle_epi8(
-                scales,
-                _mm256_set1_epi16(i16::from_le_bytes([2 * hi as u8, 2 * hi as u8 + 1])),
-            );
+            let scale_0 = sub_scale(scales, 2 * j as u8);
+            let scale_1 = sub_scale(scales, 2 * j as u8 + 1);
             let q5 = load32(b, 48 + 32 * j);
             // Bit 2j (then 2j + 1) of every qh byte, moved to bit 4.
             let h0 = _mm256_and_si256(hbits, _mm256_set1_epi8(1 << (2 * j)));
