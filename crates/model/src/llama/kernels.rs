@@ -464,6 +464,11 @@ mod tests {
                     // Same lane layout and f32 operation order as candle's AVX2 kernels.
                     let diff = (&got - &want)?.abs()?.flatten_all()?.max(0)?;
                     assert_eq!(diff.to_scalar::<f32>()?, 0.0, "{dtype:?} not bit-exact");
+                    // One row (a decode step) on both sides: candle's vec-dot path.
+                    let x1 = x.narrow(1, 0, 1)?;
+                    let want1 = QLinear::with_engine(q.clone(), None)?.forward(&x1)?;
+                    let diff = (lin.forward(&x1)? - want1)?.abs()?.flatten_all()?.max(0)?;
+                    assert_eq!(diff.to_scalar::<f32>()?, 0.0, "{dtype:?} row not bit-exact");
                 }
                 let excess = ((got - &want)?.abs()? - (&mag * 1e-3)?)?
                     .flatten_all()?
