@@ -57,7 +57,10 @@ const REJECTED: &str = "shardswarm_pieces_rejected_total";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_pieces_and_bytes_as_they_are_exchanged_and_match_the_status() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let manifest = write_random_shards(&tmp.path().join("shards"), 2, 600_000, 91)?;
+    // 6 blocks of 256 KiB per shard: the server's writer holds at most 4 blocks per downloader,
+    // so even when B asked the server before A's bitfield arrived (and the server's blocks,
+    // already sent, still count), some of shard 0 comes from A.
+    let manifest = write_random_shards(&tmp.path().join("shards"), 2, 1_500_000, 91)?;
     let (server, addrs) =
         start_server(tmp.path().join("server"), tmp.path().join("shards")).await?;
 
@@ -75,7 +78,7 @@ async fn metrics_count_pieces_and_bytes_as_they_are_exchanged_and_match_the_stat
 
     let mut cfg = node_config(tmp.path().join("b"), addrs.clone(), ShardPolicy::All);
     cfg.peers = a.handle.listen_addrs().await?; // connected to A from the start
-    cfg.common.transfer.download_limit = Some(Rate(200_000));
+    cfg.common.transfer.download_limit = Some(Rate(500_000));
     let mut b = shardswarm_node::start_node(cfg).await?;
     let total: u64 = manifest.shards.iter().map(|s| s.size).sum();
     let pieces: u64 = manifest

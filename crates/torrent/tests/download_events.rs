@@ -302,3 +302,27 @@ fn a_peer_announcing_a_piece_takes_its_blocks_off_the_expensive_seed() {
             .any(|a| matches!(a, Action::Cancel { peer: 1, .. }))
     );
 }
+
+#[test]
+fn a_peer_whose_bitfield_comes_after_the_servers_still_takes_its_pieces_off_it() {
+    let t0 = Instant::now();
+    let m = meta(1);
+    let mut d = Download::new(&m, Bitfield::new(1), config(), 6);
+    d.add_peer(9, t0);
+    d.limit_peer(9, 2, false);
+    d.add_peer(1, t0);
+    // The server's bitfield arrives first and gets both blocks.
+    d.peer_bitfield(9, Bitfield::full(1));
+    let asked = requests(&drain(&mut d, t0));
+    assert!(asked.iter().all(|r| r.0 == 9) && asked.len() == 2);
+    d.peer_bitfield(1, Bitfield::full(1));
+    let actions = drain(&mut d, t0);
+    let withdrawn = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Cancel { peer: 9, .. }))
+        .count();
+    assert_eq!(withdrawn, 2);
+    let moved = requests(&actions);
+    assert_eq!(moved.len(), 2);
+    assert!(moved.iter().all(|r| r.0 == 1));
+}

@@ -175,11 +175,19 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Download<P> {
         }
     }
 
-    /// The peer's (new) bitfield; ignored for unknown peers or a wrong length.
+    /// The peer's (new) bitfield; ignored for unknown peers or a wrong length. As with
+    /// [`Download::peer_have`], requests for its pieces still waiting at an expensive source move
+    /// to it (so which bitfield arrived first does not decide who serves).
     pub fn peer_bitfield(&mut self, peer: P, bits: Bitfield) {
-        if self.peers.contains_key(&peer) {
-            self.picker.peer_bitfield(peer, bits);
+        if !self.peers.contains_key(&peer) {
+            return;
         }
+        self.picker.peer_bitfield(peer, bits);
+        let count = self.picker.layout().piece_count;
+        let pieces: Vec<u32> = (0..count)
+            .filter(|&i| self.picker.peer_has(peer, i))
+            .collect();
+        self.move_off_expensive(peer, |piece| pieces.binary_search(&piece).is_ok());
     }
 
     /// The peer verified one more piece; ignored for unknown peers or out-of-range pieces.
@@ -187,26 +195,30 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Download<P> {
     /// [`Download::limit_peer`]) are withdrawn so the blocks come from this peer instead; if the
     /// source already sent one, it still counts when it arrives.
     pub fn peer_have(&mut self, peer: P, piece: u32) {
-        let Some(state) = self.peers.get(&peer) else {
+        if !self.peers.contains_key(&peer) {
             return;
-        };
-        let cheap = state.duplicates;
+        }
         self.picker.peer_have(peer, piece);
-        if !cheap {
+        self.move_off_expensive(peer, |p| p == piece);
+    }
+
+    /// Withdraws the requests to expensive sources for pieces `has` says the cheap `peer` has.
+    fn move_off_expensive(&mut self, peer: P, has: impl Fn(u32) -> bool) {
+        if !self.peers.get(&peer).is_some_and(|s| s.duplicates) {
             return;
         }
         let expensive: Vec<u64> = self
             .requests
             .iter()
             .filter(|(_, r)| {
-                r.block.piece == piece && self.peers.get(&r.peer).is_some_and(|s| !s.duplicates)
+                has(r.block.piece) && self.peers.get(&r.peer).is_some_and(|s| !s.duplicates)
             })
             .map(|(&id, _)| id)
             .collect();
         for id in expensive {
             if let Some(req) = self.requests.get(&id).cloned() {
                 self.end_request(id);
-                tracing::trace!(target: TARGET, from = ?req.peer, to = ?peer, id, piece, "request moved off an expensive source");
+                tracing::trace!(target: TARGET, from = ?req.peer, to = ?peer, id, piece = req.block.piece, "request moved off an expensive source");
                 self.actions
                     .push_back(Action::Cancel { peer: req.peer, id });
                 self.late.insert(id, req);
