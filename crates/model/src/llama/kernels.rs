@@ -7,8 +7,9 @@
 //!   Q4_0, Q4_1, Q8_0, Q4_K, Q6_K; NEON: Q4_0, Q4_1, Q8_0) run our own mat-vec on the GGUF
 //!   blocks in place (read through candle's storage, no copy); the rest run candle's
 //!   `QMatMul`. Layers that read the same input (Q/K/V, gate/up) go through one pass of the
-//!   pool ([`QLinear::forward_many`]). K-quant prompts (several rows) stay on candle, see
-//!   [`QLinear::runs_ours`]. On AVX2 the results equal candle's bit for bit.
+//!   pool ([`QLinear::forward_many`]), prompts included ([`QLinear::runs_ours`]). On AVX2 the
+//!   results equal candle's one-row path bit for bit (and its several-row path for Q4_0, Q4_1
+//!   and Q8_0; for K-quant prompts candle's tiled kernels sum in another order).
 //! - Attention is candle tensor ops, except the softmax, which runs on the calling thread with
 //!   candle's arithmetic ([`softmax_last_dim`]) instead of a round trip to candle's rayon pool.
 //!
@@ -153,16 +154,14 @@ impl QLinear {
         }
     }
 
-    /// True when our kernels compute `x · Wᵀ` for this layer: the weight is ours, `x` is f32 on
-    /// the CPU, and — for the K-quants — `x` is a single row. candle 0.11 runs K-quant prompts
-    /// (several rows) through its repacked tiled kernels, whose sums are associated differently
-    /// from the row-by-row dot products ours (and its own single-row path) compute; leaving
-    /// those to candle keeps whole-model outputs identical to candle's.
+    /// True when our kernels compute `x · Wᵀ` for this layer: the weight is ours and `x` is f32
+    /// on the CPU — K-quant prompts (several rows) included. candle 0.11 would send those
+    /// through its tiled kernels, which keep a repacked second copy of every weight they touch
+    /// (2.3× llama.cpp's resident memory on a Q6_K model) and sum in another order than the
+    /// row-by-row dot products of its own one-row path; ours give every row exactly the one-row
+    /// result, so a prompt and the tokens after it share one arithmetic.
     fn runs_ours(&self, x: &Tensor) -> bool {
-        let Some(w) = &self.ours else { return false };
-        let rows = x.elem_count() / self.in_dim.max(1);
-        let k_quant = matches!(w.ty, QuantType::Q4_K | QuantType::Q5_K | QuantType::Q6_K);
-        x.dtype() == DType::F32 && x.device().is_cpu() && (rows == 1 || !k_quant)
+        self.ours.is_some() && x.dtype() == DType::F32 && x.device().is_cpu()
     }
 
     /// `[x · W₁ᵀ, …, x · Wₙᵀ]` for layers that read the same input (a block's Q, K, V; its
@@ -460,15 +459,33 @@ mod tests {
                 assert!(lin.ours.is_some());
                 let got = lin.forward(&x)?;
                 assert_eq!(got.dims(), [1, 3, out_dim]);
-                if engine.0.isa() == Isa::Avx2 && engine.0.isa().accelerates(lin_ty(&lin)) {
+                let k_quant = matches!(
+                    lin_ty(&lin),
+                    QuantType::Q4_K | QuantType::Q5_K | QuantType::Q6_K
+                );
+                if engine.0.isa() == Isa::Avx2
+                    && engine.0.isa().accelerates(lin_ty(&lin))
+                    && !k_quant
+                {
                     // Same lane layout and f32 operation order as candle's AVX2 kernels.
                     let diff = (&got - &want)?.abs()?.flatten_all()?.max(0)?;
                     assert_eq!(diff.to_scalar::<f32>()?, 0.0, "{dtype:?} not bit-exact");
-                    // One row (a decode step) on both sides: candle's vec-dot path.
-                    let x1 = x.narrow(1, 0, 1)?;
-                    let want1 = QLinear::with_engine(q.clone(), None)?.forward(&x1)?;
-                    let diff = (lin.forward(&x1)? - want1)?.abs()?.flatten_all()?.max(0)?;
-                    assert_eq!(diff.to_scalar::<f32>()?, 0.0, "{dtype:?} row not bit-exact");
+                }
+                if engine.0.isa() == Isa::Avx2 && engine.0.isa().accelerates(lin_ty(&lin)) {
+                    // Each row (a decode step) against candle's one-row (vec-dot) path.
+                    let cand = QLinear::with_engine(q.clone(), None)?;
+                    for r in 0..x.dim(1)? {
+                        let xr = x.narrow(1, r, 1)?;
+                        let diff = (got.narrow(1, r, 1)? - cand.forward(&xr)?)?
+                            .abs()?
+                            .flatten_all()?
+                            .max(0)?;
+                        assert_eq!(
+                            diff.to_scalar::<f32>()?,
+                            0.0,
+                            "{dtype:?} row {r} not bit-exact"
+                        );
+                    }
                 }
                 let excess = ((got - &want)?.abs()? - (&mag * 1e-3)?)?
                     .flatten_all()?
