@@ -13,11 +13,12 @@
 //!   the picker's `Requested(n)` of a block equals the number of its outstanding ids.
 //! - A request ends exactly once: data (`block_received`), `request_rejected`, timeout (a
 //!   `Cancel` goes out), endgame duplicate of a block that arrived elsewhere (a `Cancel` goes
-//!   out), or its peer leaving. Anything naming an ended id is answered with
-//!   [`DownloadError::UnknownRequest`] and changes nothing, so late, duplicate and out-of-order
-//!   blocks are harmless — except that the data of a *timed-out* request (remembered in
-//!   `late`, bounded) is still taken if the block is still wanted: an uploader that already
-//!   queued it sends it anyway, and dropping it would waste that upload.
+//!   out), a move off an expensive source (a `Cancel` goes out), or its peer leaving. Anything
+//!   naming an ended id is answered with [`DownloadError::UnknownRequest`] and changes nothing,
+//!   so late, duplicate and out-of-order blocks are harmless — except that the data of a
+//!   timed-out or moved request (remembered in `late`, bounded) is still taken if the block is
+//!   still wanted: an uploader that already queued it sends it anyway, and dropping it would
+//!   waste that upload.
 //! - An overdue request is cancelled only if its peer looks dead (nothing from it for a whole
 //!   timeout, see [`Download::peer_progress`]) or another peer can serve the block; a slow but
 //!   live sole source keeps it (its deadline moves on, its slots halve), since asking again
@@ -43,6 +44,7 @@ use crate::bitfield::Bitfield;
 use crate::metainfo::Metainfo;
 use crate::picker::{BlockRef, Layout, PickRng, PiecePicker};
 
+mod issue;
 mod late;
 mod types;
 
@@ -475,99 +477,6 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Download<P> {
     /// The piece picker (availability, block states), for inspection.
     pub fn picker(&self) -> &PiecePicker<P> {
         &self.picker
-    }
-
-    /// Issues one request to the next peer (round robin) that has a free slot and something to
-    /// give.
-    fn next_request(&mut self, now: Instant) -> Option<Action<P>> {
-        let order: Vec<P> = match self.cursor {
-            Some(c) => self
-                .peers
-                .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
-                .chain(self.peers.range(..=c))
-                .map(|(p, _)| *p)
-                .collect(),
-            None => self.peers.keys().copied().collect(),
-        };
-        for peer in order {
-            let Some(state) = self.peers.get(&peer) else {
-                continue;
-            };
-            if state.in_flight >= state.slots || state.blocked_until.is_some_and(|t| t > now) {
-                continue;
-            }
-            let requests = &self.requests;
-            let by_block = &self.by_block;
-            let asked = |b: BlockRef| {
-                by_block.get(&b).is_some_and(|ids| {
-                    ids.iter()
-                        .any(|id| requests.get(id).is_some_and(|r| r.peer == peer))
-                })
-            };
-            // An expensive source (the server) is kept to pieces no live cheap peer with a free
-            // slot has: what peers have comes from them, the server fills in where they cannot.
-            let expensive = !state.duplicates;
-            let peers = &self.peers;
-            let picker = &self.picker;
-            let usable = |piece: u32| {
-                !expensive
-                    || !peers.iter().any(|(p, s)| {
-                        *p != peer
-                            && s.duplicates
-                            && s.in_flight < s.slots
-                            && s.timed_out.is_empty()
-                            && s.blocked_until.is_none_or(|t| t <= now)
-                            && picker.peer_has(*p, piece)
-                    })
-            };
-            let Some(pick) = picker.pick_where(peer, &mut self.rng, usable, asked) else {
-                continue;
-            };
-            if pick.duplicate && !state.duplicates {
-                continue;
-            }
-            if state.timed_out.contains(&pick.block) && self.other_source(peer, pick.block) {
-                continue;
-            }
-            let Some((offset, length)) = self.picker.layout().block_range(pick.block) else {
-                continue;
-            };
-            let id = self.next_id;
-            self.next_id += 1;
-            self.picker.mark_requested(peer, pick.block);
-            self.requests.insert(
-                id,
-                Request {
-                    peer,
-                    block: pick.block,
-                    offset,
-                    length,
-                    deadline: now + self.config.request_timeout,
-                },
-            );
-            self.by_block.entry(pick.block).or_default().push(id);
-            if let Some(state) = self.peers.get_mut(&peer) {
-                state.in_flight += 1;
-                state.blocked_until = None;
-            }
-            self.cursor = Some(peer);
-            tracing::trace!(target: TARGET, ?peer, id, piece = pick.block.piece, offset, length, duplicate = pick.duplicate, "request");
-            return Some(Action::Request {
-                peer,
-                id,
-                piece: pick.block.piece,
-                offset,
-                length,
-            });
-        }
-        None
-    }
-
-    /// Whether a peer other than `peer` has `block`'s piece and has not let it time out.
-    fn other_source(&self, peer: P, block: BlockRef) -> bool {
-        self.peers.iter().any(|(p, s)| {
-            *p != peer && self.picker.peer_has(*p, block.piece) && !s.timed_out.contains(&block)
-        })
     }
 
     /// Ends request `id` without data: the block is unrequested once.
