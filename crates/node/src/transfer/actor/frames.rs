@@ -173,18 +173,19 @@ impl Actor {
     }
 
     fn on_piece(&mut self, peer: PeerId, id: u64, data: &[u8], now: Instant) {
-        // Data from `peer`, for whichever torrent: it is slow at worst, not dead.
-        for t in self.torrents.values_mut() {
-            if let Some(d) = &mut t.download {
-                d.peer_progress(peer, now);
-            }
-        }
         let Some((ih, eid, p)) = self.wire.remove(&id) else {
             return;
         };
         self.by_engine.remove(&(ih, eid));
         if p != peer {
             return;
+        }
+        // Data we asked `peer` for (for whichever torrent, on time or late): it is slow at
+        // worst, not dead. Frames naming ids we never sent it do not count.
+        for t in self.torrents.values_mut() {
+            if let Some(d) = &mut t.download {
+                d.peer_progress(peer, now);
+            }
         }
         let is_server = self.peers.get(&peer).copied().unwrap_or(false);
         let Some(t) = self.torrents.get_mut(&ih) else {
