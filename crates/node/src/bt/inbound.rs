@@ -154,6 +154,8 @@ async fn serve_conn(
             id,
             tx,
             blocks,
+            // BitTorrent's own cancel is not relayed into the writer; nothing is withdrawn.
+            cancelled: Default::default(),
         })
         .await
         .map_err(stopped)?;

@@ -62,6 +62,8 @@ struct Inbound {
     queued: usize,
     /// Accepted requests waiting for the slot, in arrival order.
     waiting: std::collections::VecDeque<Waiting>,
+    /// Requests cancelled after their block went to the writer (it drops them).
+    cancelled: conn::CancelledIds,
 }
 
 /// A request waiting for its downloader's upload slot.

@@ -6,7 +6,8 @@
 //! outbound stream counts as open only after the remote's `Hello` came back; an EOF before that
 //! is retried a bounded number of times.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
@@ -40,6 +41,35 @@ pub(crate) enum Link {
     In(u64),
 }
 
+/// Request ids of one inbound stream that were cancelled after their block was handed to the
+/// writer: the writer drops such a block instead of sending it (a `Cancel` that arrives while
+/// the block waits for upload tokens still saves the bytes).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CancelledIds(Arc<Mutex<HashSet<u64>>>);
+
+impl CancelledIds {
+    /// Most ids remembered: ids whose block already went out are never taken, so the set is
+    /// cleared when it reaches this (forgetting only lets a few cancelled blocks go out).
+    const CAP: usize = 256;
+
+    /// Marks request `id` cancelled.
+    pub(crate) fn insert(&self, id: u64) {
+        let mut set = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if set.len() >= Self::CAP {
+            set.clear();
+        }
+        set.insert(id);
+    }
+
+    /// Whether `id` was cancelled (and forgets it).
+    pub(crate) fn take(&self, id: u64) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id)
+    }
+}
+
 /// What stream tasks tell the actor.
 #[derive(Debug)]
 pub(crate) enum ConnMsg {
@@ -47,12 +77,14 @@ pub(crate) enum ConnMsg {
     OutReady { peer: PeerId },
     /// A block of inbound stream `id` was written: its upload slot has room again.
     BlockSent { id: u64 },
-    /// An inbound stream is up; control frames for it go to `tx`, blocks to `blocks`.
+    /// An inbound stream is up; control frames for it go to `tx`, blocks to `blocks`, and
+    /// requests cancelled once their block is queued to `cancelled`.
     InReady {
         peer: PeerId,
         id: u64,
         tx: mpsc::Sender<Frame>,
         blocks: mpsc::Sender<Frame>,
+        cancelled: CancelledIds,
     },
     /// A frame arrived.
     Frame {
@@ -149,6 +181,7 @@ pub(crate) async fn run_outbound(
         write_limit: RateLimiter::default(),
         uploads: None,
         path,
+        cancelled: None,
     };
     let reason = pump.run(stream, dec, &mut rx, None).await;
     let _ = to_actor
@@ -246,12 +279,14 @@ async fn serve_inbound(
         .map_err(|e| e.to_string())?;
     let (tx, mut rx) = mpsc::channel(WRITE_QUEUE);
     let (blocks, mut block_rx) = mpsc::channel(BLOCK_QUEUE);
+    let cancelled = CancelledIds::default();
     to_actor
         .send(ConnMsg::InReady {
             peer,
             id,
             tx,
             blocks,
+            cancelled: cancelled.clone(),
         })
         .await
         .map_err(|_| "transfer service stopped".to_owned())?;
@@ -263,6 +298,7 @@ async fn serve_inbound(
         write_limit: upload_limit,
         uploads: Some(metrics),
         path,
+        cancelled: Some(cancelled),
     };
     Ok(pump.run(stream, dec, &mut rx, Some(&mut block_rx)).await)
 }
@@ -278,6 +314,8 @@ struct Pump<'a> {
     uploads: Option<&'a Metrics>,
     /// Direct or relayed: the relayed cap and the per-path byte counters.
     path: StreamPath,
+    /// Upload side: blocks cancelled after they were queued here.
+    cancelled: Option<CancelledIds>,
 }
 
 async fn recv_or_pending(rx: Option<&mut mpsc::Receiver<Frame>>) -> Option<Frame> {
@@ -329,8 +367,25 @@ impl Pump<'_> {
                     Some(f) = recv_or_pending(blocks.as_deref_mut()) => Some(f),
                 };
                 let Some(frame) = frame else { break };
+                let withdrawn = |f: &Frame| match (f, &self.cancelled) {
+                    (Frame::Piece { id, .. }, Some(c)) => c.take(*id),
+                    _ => false,
+                };
                 let len = payload_len(&frame);
-                self.write_limit.acquire(len).await;
+                let mut skip = withdrawn(&frame);
+                if !skip {
+                    self.write_limit.acquire(len).await;
+                    // A cancel may have come while the block waited for tokens.
+                    skip = withdrawn(&frame);
+                }
+                if skip {
+                    if let Link::In(id) = link
+                        && to_actor.send(ConnMsg::BlockSent { id }).await.is_err()
+                    {
+                        return "transfer service stopped".to_owned();
+                    }
+                    continue;
+                }
                 self.path.send(len).await;
                 if let Err(e) = write_frame(&mut writer, &frame, &mut out).await {
                     return e.to_string();

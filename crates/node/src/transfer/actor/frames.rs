@@ -31,6 +31,7 @@ impl Actor {
                 id,
                 tx,
                 blocks,
+                cancelled,
             } => {
                 if self.banned.contains(&peer) {
                     return;
@@ -42,6 +43,7 @@ impl Actor {
                         blocks,
                         queued: 0,
                         waiting: Default::default(),
+                        cancelled,
                     },
                 );
             }
@@ -322,7 +324,12 @@ impl Actor {
             }
             Frame::Cancel { id } => {
                 if let Some(inb) = self.inbound.get_mut(&conn) {
+                    let before = inb.waiting.len();
                     inb.waiting.retain(|w| w.id != id);
+                    if inb.waiting.len() == before {
+                        // Already handed to the writer (or sent): the writer drops it if it can.
+                        inb.cancelled.insert(id);
+                    }
                 }
                 return;
             }
