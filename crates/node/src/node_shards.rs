@@ -319,6 +319,8 @@ impl EventLoop {
                 let index = entry.shard_index;
                 if let Some(n) = self.node() {
                     n.fetching.retain(|ih| *ih != entry.info_hash);
+                    // Until the next progress report the status would list it as downloading too.
+                    n.downloading.retain(|d| d.index != index);
                     if !n.present.contains(&index) {
                         n.present.push(index);
                         n.present.sort_unstable();

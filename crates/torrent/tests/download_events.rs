@@ -55,6 +55,17 @@ fn requests(actions: &[Action<u8>]) -> Vec<(u8, u64, u32, u32, u32)> {
         .collect()
 }
 
+/// (peer, id) of every `Cancel` among the actions.
+fn cancels(actions: &[Action<u8>]) -> Vec<(u8, u64)> {
+    actions
+        .iter()
+        .filter_map(|a| match *a {
+            Action::Cancel { peer, id } => Some((peer, id)),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn requests_respect_slots_and_blocks_cover_the_last_short_piece() {
     let t0 = Instant::now();
@@ -118,14 +129,7 @@ fn a_timed_out_request_is_cancelled_reissued_elsewhere_and_its_late_block_counts
     let later = t0 + Duration::from_secs(21);
     d.handle_timeout(later);
     let actions = drain(&mut d, later);
-    let cancelled: Vec<_> = actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Cancel { peer, id } => Some((*peer, *id)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(cancelled.len(), slow.len() + dup.len());
+    assert_eq!(cancels(&actions).len(), slow.len() + dup.len());
     let reissued = requests(&actions);
     assert_eq!(d.in_flight(1) + d.in_flight(2), reissued.len());
     // The late answer to a cancelled request still counts: the uploader sent it anyway.
@@ -137,12 +141,9 @@ fn a_timed_out_request_is_cancelled_reissued_elsewhere_and_its_late_block_counts
         .filter(|r| (r.2, r.3) == (slow[0].2, slow[0].3))
         .map(|r| r.1)
         .collect();
-    let withdrawn: Vec<u64> = drain(&mut d, later)
-        .iter()
-        .filter_map(|a| match a {
-            Action::Cancel { id, .. } => Some(*id),
-            _ => None,
-        })
+    let withdrawn: Vec<u64> = cancels(&drain(&mut d, later))
+        .into_iter()
+        .map(|(_, id)| id)
         .collect();
     assert_eq!(withdrawn, again);
     // Once only: the same late block again, or from the endgame duplicate, is refused.
@@ -277,12 +278,10 @@ fn a_peer_announcing_a_piece_takes_its_blocks_off_the_expensive_seed() {
     assert!(drain(&mut d, t0).is_empty());
     d.peer_have(1, piece);
     let actions = drain(&mut d, t0);
-    let withdrawn: Vec<u64> = actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Cancel { peer: 9, id } => Some(*id),
-            _ => None,
-        })
+    let withdrawn: Vec<u64> = cancels(&actions)
+        .into_iter()
+        .filter(|c| c.0 == 9)
+        .map(|(_, id)| id)
         .collect();
     let moved: Vec<_> = asked.iter().filter(|r| r.2 == piece).collect();
     assert_eq!(withdrawn, moved.iter().map(|r| r.1).collect::<Vec<_>>());
