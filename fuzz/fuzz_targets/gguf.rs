@@ -4,35 +4,19 @@
 //! lies inside the input and reads back.
 #![no_main]
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
 use shardswarm_model::gguf::GgufFile;
 
-/// A file in a private temp dir (on tmpfs when there is one), rewritten for every input.
-fn scratch() -> &'static PathBuf {
-    static P: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, path) = P.get_or_init(|| {
-        let shm = std::path::Path::new("/dev/shm");
-        let dir = if shm.is_dir() {
-            tempfile::tempdir_in(shm)
-        } else {
-            tempfile::tempdir()
-        }
-        .expect("temp dir");
-        let path = dir.path().join("input.gguf");
-        (dir, path)
-    });
-    path
-}
+#[path = "../support/scratch.rs"]
+mod support;
+use support::scratch;
 
 fuzz_target!(|data: &[u8]| {
     let len = data.len() as u64;
     let from_memory = GgufFile::from_bytes(data.to_vec());
     // The file path (a BufReader over a File) must agree with the in-memory one.
-    std::fs::write(scratch(), data).expect("write");
-    let from_file = GgufFile::open(scratch());
+    std::fs::write(scratch("input.gguf"), data).expect("write");
+    let from_file = GgufFile::open(scratch("input.gguf"));
     assert_eq!(
         from_memory.is_ok(),
         from_file.is_ok(),

@@ -3,30 +3,15 @@
 //! tokenizer built from GGUF metadata). Never panics, never allocates without bound.
 #![no_main]
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
 use shardswarm_model::{Device, GgufTokenizer, ModelInfo, Stage};
 
-fn scratch() -> &'static PathBuf {
-    static P: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, path) = P.get_or_init(|| {
-        let shm = std::path::Path::new("/dev/shm");
-        let dir = if shm.is_dir() {
-            tempfile::tempdir_in(shm)
-        } else {
-            tempfile::tempdir()
-        }
-        .expect("temp dir");
-        let path = dir.path().join("shard-0.gguf");
-        (dir, path)
-    });
-    path
-}
+#[path = "../support/scratch.rs"]
+mod support;
+use support::scratch;
 
 fuzz_target!(|data: &[u8]| {
-    let path = scratch();
+    let path = scratch("shard-0.gguf");
     std::fs::write(path, data).expect("write");
     let _ = ModelInfo::from_file(path);
     if let Ok(t) = GgufTokenizer::from_file(path) {

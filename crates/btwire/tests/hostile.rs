@@ -3,26 +3,15 @@
 //! (`fuzz/corpus/bt_wire`), and hand-made huge lengths. Each must end in a clean error or a
 //! value that re-encodes, never a panic, and the decoder never buffers past its cap.
 
-use std::path::PathBuf;
-
 use bytes::Bytes;
 use proptest::prelude::*;
 use shardswarm_btwire::bencode::Value;
 use shardswarm_btwire::extension::{ExtendedHandshake, MetadataMsg};
 use shardswarm_btwire::{Handshake, Limits, MessageDecoder, MessageError};
 
-fn seeds() -> Vec<Vec<u8>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/bt_wire");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .map(|p| std::fs::read(p).expect("seed"))
-        .collect()
-}
+#[path = "../../../fuzz/support/seeds.rs"]
+mod corpus;
+use corpus::seeds;
 
 /// Every decoder over `data`, as the fuzz target runs them.
 fn check(data: &[u8]) {
@@ -61,7 +50,7 @@ fn check(data: &[u8]) {
 
 #[test]
 fn every_truncation_of_every_seed_is_handled() {
-    let seeds = seeds();
+    let seeds = seeds("bt_wire");
     assert!(seeds.len() >= 4);
     for seed in &seeds {
         for cut in 0..=seed.len() {
@@ -105,7 +94,7 @@ proptest! {
         pick in any::<prop::sample::Index>(),
         flips in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..8), 1..6),
     ) {
-        let all = seeds();
+        let all = seeds("bt_wire");
         let mut bytes = all[pick.index(all.len())].clone();
         for (at, bit) in flips {
             let i = at.index(bytes.len());

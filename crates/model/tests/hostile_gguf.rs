@@ -6,12 +6,16 @@
 //! `GgufTokenizer::from_file` (candle's reader, the llama config) — must end in a clean error,
 //! never a panic, with bounded allocation.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use peak_alloc::PeakAlloc;
 use proptest::prelude::*;
 use shardswarm_model::gguf::GgufFile;
 use shardswarm_model::{Device, GgufTokenizer, ModelInfo, Stage};
+
+#[path = "../../../fuzz/support/seeds.rs"]
+mod corpus;
+use corpus::seeds;
 
 #[global_allocator]
 static PEAK: PeakAlloc = PeakAlloc;
@@ -23,28 +27,13 @@ fn peak_growth<T>(f: impl FnOnce() -> T) -> (T, usize) {
     static WARM: std::sync::Once = std::sync::Once::new();
     WARM.call_once(|| {
         let dir = tempfile::tempdir().expect("tempdir");
-        load_all(&dir.path().join("warm.gguf"), &seeds()[0]);
+        load_all(&dir.path().join("warm.gguf"), &seeds("gguf")[0]);
         load_all(&dir.path().join("warm.gguf"), b"GGUF\x03\0\0\0");
     });
     let before = PEAK.current_usage();
     PEAK.reset_peak_usage();
     let out = f();
     (out, PEAK.peak_usage().saturating_sub(before))
-}
-
-/// The seed models of the fuzz targets: a one-block F32 llama (dim 8) with and without a
-/// tokenizer.
-fn seeds() -> Vec<Vec<u8>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/gguf");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .map(|p| std::fs::read(p).expect("seed"))
-        .collect()
 }
 
 /// What the readers made of one file.
@@ -94,7 +83,7 @@ const FIRST_KV: usize = 24;
 fn the_seeds_load_everywhere() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("m.gguf");
-    let seeds = seeds();
+    let seeds = seeds("gguf");
     let with_tok = load_all(&path, &seeds[0]);
     assert!(
         with_tok.ours && with_tok.info && with_tok.tokenizer && with_tok.stage,
@@ -111,7 +100,7 @@ fn the_seeds_load_everywhere() {
 fn every_truncation_is_refused_by_every_reader() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("m.gguf");
-    let seed = &seeds()[0];
+    let seed = &seeds("gguf")[0];
     let g = GgufFile::from_bytes(seed.clone()).expect("seed");
     let end = g
         .tensors()
@@ -129,7 +118,7 @@ fn every_truncation_is_refused_by_every_reader() {
 fn huge_counts_and_lengths_are_refused_without_allocating_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("m.gguf");
-    let seed = &seeds()[0];
+    let seed = &seeds("gguf")[0];
     let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
     for (what, at, v) in [
         ("u64::MAX tensors", 8, u64::MAX),
@@ -170,7 +159,7 @@ fn zero_alignment_is_a_clean_error_in_every_reader() {
     // before it gets there.
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("m.gguf");
-    let mut b = seeds()[0].clone();
+    let mut b = seeds("gguf")[0].clone();
     patch_u32(&mut b, "general.alignment", 0);
     let o = load_all(&path, &b);
     assert!(!o.ours && !o.info && !o.tokenizer && !o.stage, "{o:?}");
@@ -183,7 +172,7 @@ fn a_huge_context_length_costs_a_bounded_rope_table() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("m.gguf");
     for ctx in [u32::MAX, 1 << 30, 1 << 24] {
-        let mut b = seeds()[0].clone();
+        let mut b = seeds("gguf")[0].clone();
         patch_u32(&mut b, "llama.context_length", ctx);
         let (o, grew) = peak_growth(|| load_all(&path, &b));
         assert!(o.ours && o.stage && o.info, "{ctx}: {o:?}");
@@ -208,7 +197,7 @@ proptest! {
         pick in any::<prop::sample::Index>(),
         flips in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..8), 1..6),
     ) {
-        let all = seeds();
+        let all = seeds("gguf");
         let mut bytes = all[pick.index(all.len())].clone();
         let header = GgufFile::from_bytes(bytes.clone()).expect("seed").data_offset() as usize;
         for (at, bit) in flips {
@@ -229,7 +218,7 @@ fn a_huge_block_count_is_refused_by_split_and_the_loader_without_reserving_it() 
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("m.gguf");
     for blocks in [u32::MAX, 0x0700_0001, 2] {
-        let mut b = seeds()[0].clone();
+        let mut b = seeds("gguf")[0].clone();
         patch_u32(&mut b, "llama.block_count", blocks);
         let (o, grew) = peak_growth(|| load_all(&path, &b));
         assert!(o.ours && !o.stage, "{blocks}: {o:?}");

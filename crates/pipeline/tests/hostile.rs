@@ -3,29 +3,18 @@
 //! seed corpus (`fuzz/corpus/`), and hand-made huge counts and length prefixes. Each must end in
 //! a clean error, never a panic, with allocation bounded by the bytes that actually arrived.
 
-use std::path::PathBuf;
-
 use peak_alloc::PeakAlloc;
 use proptest::prelude::*;
 use shardswarm_pipeline::frame::{Frame, FrameError, MAX_FRAME_LEN};
 use shardswarm_pipeline::io::{StreamError, read_frame};
 use tokio::io::AsyncWriteExt;
 
+#[path = "../../../fuzz/support/seeds.rs"]
+mod corpus;
+use corpus::seeds;
+
 #[global_allocator]
 static PEAK: PeakAlloc = PeakAlloc;
-
-fn seeds() -> Vec<Vec<u8>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/pipeline_frame");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .map(|p| std::fs::read(p).expect("seed"))
-        .collect()
-}
 
 /// Decodes `body`; whatever is accepted re-encodes and decodes again.
 fn check(body: &[u8]) {
@@ -37,7 +26,7 @@ fn check(body: &[u8]) {
 
 #[test]
 fn every_truncation_of_every_seed_is_a_clean_error() {
-    let seeds = seeds();
+    let seeds = seeds("pipeline_frame");
     assert!(seeds.len() >= 5);
     for seed in &seeds {
         for cut in 0..seed.len() {
@@ -121,7 +110,7 @@ async fn a_length_prefix_without_its_body_allocates_nothing_for_it() -> anyhow::
 
 #[tokio::test]
 async fn frames_split_across_many_small_writes_still_arrive() -> anyhow::Result<()> {
-    let seeds = seeds();
+    let seeds = seeds("pipeline_frame");
     let (mut a, mut b) = tokio::io::duplex(7);
     let frames: Vec<Frame> = seeds
         .iter()
@@ -158,7 +147,7 @@ proptest! {
         pick in any::<prop::sample::Index>(),
         flips in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..8), 1..6),
     ) {
-        let all = seeds();
+        let all = seeds("pipeline_frame");
         let mut bytes = all[pick.index(all.len())].clone();
         for (at, bit) in flips {
             let i = at.index(bytes.len());

@@ -3,8 +3,6 @@
 //! committed seed corpus (`fuzz/corpus/`), and hand-made huge fields. Each must end in a clean
 //! error (or a value that re-encodes), never a panic, with bounded allocation.
 
-use std::path::PathBuf;
-
 use peak_alloc::PeakAlloc;
 use proptest::prelude::*;
 use shardswarm_proto::codec::{
@@ -16,6 +14,10 @@ use shardswarm_proto::{
     shard_filename,
 };
 
+#[path = "../../../fuzz/support/seeds.rs"]
+mod corpus;
+use corpus::seeds;
+
 #[global_allocator]
 static PEAK: PeakAlloc = PeakAlloc;
 
@@ -26,24 +28,6 @@ fn peak_growth(f: impl FnOnce()) -> usize {
     PEAK.reset_peak_usage();
     f();
     PEAK.peak_usage().saturating_sub(before)
-}
-
-/// The committed seed corpus of one fuzz target.
-fn seeds(target: &str) -> Vec<Vec<u8>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .collect();
-    files.sort();
-    let out: Vec<_> = files
-        .iter()
-        .map(|p| std::fs::read(p).expect("seed"))
-        .collect();
-    assert!(!out.is_empty(), "no seeds in {}", dir.display());
-    out
 }
 
 fn check_request(bytes: &[u8]) {

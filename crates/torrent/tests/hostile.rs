@@ -5,7 +5,7 @@
 //! more than one path component.
 
 use std::fs::{self, File};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use peak_alloc::PeakAlloc;
 use proptest::prelude::*;
@@ -14,6 +14,10 @@ use shardswarm_proto::InfoHash;
 use shardswarm_torrent::metainfo::{self, Info, Metainfo, MetainfoError};
 use shardswarm_torrent::wire::{self, Frame, FrameDecoder, WireError};
 use shardswarm_torrent::{Bitfield, PieceStore, StorageError};
+
+#[path = "../../../fuzz/support/seeds.rs"]
+mod corpus;
+use corpus::seeds;
 
 #[global_allocator]
 static PEAK: PeakAlloc = PeakAlloc;
@@ -25,20 +29,6 @@ fn peak_growth<T>(f: impl FnOnce() -> T) -> (T, usize) {
     PEAK.reset_peak_usage();
     let out = f();
     (out, PEAK.peak_usage().saturating_sub(before))
-}
-
-fn seeds(target: &str) -> Vec<Vec<u8>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target);
-    let mut files: Vec<_> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .collect();
-    files.sort();
-    let out: Vec<_> = files.iter().map(|p| fs::read(p).expect("seed")).collect();
-    assert!(!out.is_empty(), "no seeds in {}", dir.display());
-    out
 }
 
 /// Both wire decoders over `data` cut into `chunk`-byte pieces: they agree and every frame
