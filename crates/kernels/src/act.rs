@@ -42,6 +42,38 @@ pub struct Q8KBlock {
     pub bsums: [i16; 16],
 }
 
+/// Block `b` of two activation rows side by side, for the AVX-512 VNNI prompt kernels: one
+/// 64-byte vector holds both rows' quants, so each weight block is unpacked once for two rows
+/// and each 32-bit lane of a `vpdpbusd` sums the same four products as a lane of the AVX2 path.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C, align(64))]
+pub(crate) struct Q8Pair {
+    /// Row `t`'s 32 quants, then row `t + 1`'s (zeros when `t` is the last row).
+    pub(crate) qs: [i8; 64],
+    /// Row `t`'s scale in lanes 0..8, row `t + 1`'s in lanes 8..16.
+    pub(crate) d: [f32; 16],
+    /// `−Σ qs[4k..4k + 4]` per 32-bit lane `k`: with unsigned weight bytes (Q4_0's nibbles,
+    /// Q8_0's quants + 128) the kernel subtracts `offset · Σ` through this.
+    pub(crate) neg_sums: [i32; 16],
+}
+
+impl Q8Pair {
+    /// Rows `a` and `b` (`None`: a zero row).
+    fn new(a: &Q8Block, b: Option<&Q8Block>) -> Self {
+        let b = b.unwrap_or(&Q8Block::ZERO);
+        let mut qs = [0i8; 64];
+        qs[..32].copy_from_slice(&a.qs);
+        qs[32..].copy_from_slice(&b.qs);
+        let mut neg_sums = [0i32; 16];
+        for (s, q) in neg_sums.iter_mut().zip(qs.chunks_exact(4)) {
+            *s = -q.iter().map(|&v| i32::from(v)).sum::<i32>();
+        }
+        let mut d = [a.d; 16];
+        d[8..].fill(b.d);
+        Q8Pair { qs, d, neg_sums }
+    }
+}
+
 impl Q8Block {
     /// All zeros.
     pub const ZERO: Q8Block = Q8Block {
@@ -74,6 +106,9 @@ pub(crate) enum Acts {
         d: Vec<f32>,
         /// See `d`.
         s: Vec<f32>,
+        /// Rows `2p` and `2p + 1` side by side, block by block (`pairs[p · per_row + b]`),
+        /// for the AVX-512 VNNI prompt kernels; empty unless [`Acts::pair`] filled it.
+        pairs: Vec<Q8Pair>,
     },
     /// For the K-quants: `n · cols / 256` blocks, row after row.
     Q8K {
@@ -93,6 +128,28 @@ impl Acts {
         }
     }
 
+    /// Fills the row pairs of [`Acts::Q8`] (an odd last row is paired with zeros).
+    pub(crate) fn pair(&mut self) {
+        if let Acts::Q8 {
+            blocks,
+            per_row,
+            pairs,
+            ..
+        } = self
+        {
+            let rows: Vec<&[Q8Block]> = blocks.chunks_exact(*per_row).collect();
+            *pairs = rows
+                .chunks(2)
+                .flat_map(|two| {
+                    let (a, b) = (two[0], two.get(1));
+                    a.iter()
+                        .enumerate()
+                        .map(move |(i, x)| Q8Pair::new(x, b.map(|b| &b[i])))
+                })
+                .collect();
+        }
+    }
+
     /// Zeroed room for `n` rows of `cols` values (`cols` a multiple of the block size).
     pub(crate) fn zeroed(kind: ActKind, n: usize, cols: usize) -> Self {
         match kind {
@@ -101,6 +158,7 @@ impl Acts {
                 per_row: cols / 32,
                 d: Vec::new(),
                 s: Vec::new(),
+                pairs: Vec::new(),
             },
             ActKind::Q8K => Acts::Q8K {
                 blocks: vec![Q8KBlock::ZERO; n * cols / 256],

@@ -70,6 +70,9 @@ pub enum Isa {
     Scalar,
     /// x86-64 with AVX2, FMA and F16C.
     Avx2,
+    /// x86-64 with AVX-512 F/BW and VNNI on top of [`Isa::Avx2`]: prompts of Q4_0 and Q8_0 run
+    /// tiled VNNI kernels (the same results bit for bit), everything else the AVX2 kernels.
+    Avx512Vnni,
     /// aarch64 NEON (untested on this project's CI: no ARM machine).
     Neon,
 }
@@ -77,7 +80,7 @@ pub enum Isa {
 impl Isa {
     /// The best instruction set this CPU has.
     pub fn detect() -> Isa {
-        [Isa::Avx2, Isa::Neon]
+        [Isa::Avx512Vnni, Isa::Avx2, Isa::Neon]
             .into_iter()
             .find(|isa| isa.is_available())
             .unwrap_or(Isa::Scalar)
@@ -89,6 +92,8 @@ impl Isa {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => crate::x86::available(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => crate::x86_vnni::available(),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => crate::neon::available(),
             #[allow(unreachable_patterns)]
@@ -102,7 +107,7 @@ impl Isa {
         match self {
             Isa::Scalar => false,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => crate::x86::accelerates(ty),
+            Isa::Avx2 | Isa::Avx512Vnni => crate::x86::accelerates(ty),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => crate::neon::accelerates(ty),
             #[allow(unreachable_patterns)]
@@ -295,6 +300,9 @@ impl Engine {
                 let mut acts = Acts::zeroed(kind, n, cols);
                 self.quantize(x, &mut acts);
                 acts.finish();
+                if self.pairs_rows(n, ws) {
+                    acts.pair();
+                }
                 acts
             })
         };
@@ -382,10 +390,20 @@ impl Engine {
         });
     }
 
+    /// True when `n` input rows against `ws` take the paired-row (tiled) kernels.
+    fn pairs_rows(&self, n: usize, ws: &[Weights<'_>]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512Vnni {
+            return n >= 2 && ws.iter().any(|w| crate::x86_vnni::tiles(w.ty));
+        }
+        let _ = (n, ws);
+        false
+    }
+
     fn quantize(&self, x: &[f32], acts: &mut Acts) {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => crate::x86::quantize(x, acts),
+            Isa::Avx2 | Isa::Avx512Vnni => crate::x86::quantize(x, acts),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => crate::neon::quantize(x, acts),
             _ => crate::act::quantize_scalar(x, acts),
@@ -397,6 +415,8 @@ impl Engine {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => crate::x86::rows(ty, w, acts, out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => crate::x86_vnni::rows(ty, w, acts, out),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => crate::neon::rows(ty, w, acts, out),
             _ => scalar_rows(ty, w, acts, out),

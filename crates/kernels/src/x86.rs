@@ -66,6 +66,7 @@ pub(crate) fn rows(ty: QuantType, w: &[u8], acts: &Acts, out: &mut [f32]) {
                 per_row,
                 d,
                 s,
+                ..
             },
         ) => {
             let row_bytes = per_row * ty.block_bytes();
@@ -128,7 +129,7 @@ fn f16_pair(bits: u32) -> (f32, f32) {
 /// One `f16` → `f32`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn f16_one(lo: u8, hi: u8) -> f32 {
+pub(crate) fn f16_one(lo: u8, hi: u8) -> f32 {
     f16_pair(u32::from(u16::from_le_bytes([lo, hi]))).0
 }
 
@@ -173,7 +174,7 @@ fn mul_sum_i8_i8(x: __m256i, y: __m256i) -> __m256 {
 /// Sum of 8 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum(v: __m256) -> f32 {
+pub(crate) fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))

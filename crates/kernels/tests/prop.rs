@@ -143,7 +143,9 @@ fn reference(ty: QuantType, row: &[u8], x: &[f32]) -> f32 {
 /// `rows` rows of `blocks` random blocks each, and `n` activation rows.
 fn case(ty: QuantType) -> impl Strategy<Value = (Vec<u8>, usize, usize, Vec<f32>)> {
     let max_blocks: usize = if ty.block_elems() == 32 { 64 } else { 4 };
-    (1..=max_blocks, 1usize..8, 1usize..4).prop_flat_map(move |(blocks, rows, n)| {
+    // Up to 11 weight rows and 9 input rows: the prompt kernels' tiles (4 rows × 2 pairs of
+    // input rows, see x86_vnni) with every kind of remainder, an odd last input row included.
+    (1..=max_blocks, 1usize..12, 1usize..10).prop_flat_map(move |(blocks, rows, n)| {
         let cols = blocks * ty.block_elems();
         let block = if ty.block_elems() == 32 {
             block32(ty).boxed()
@@ -204,6 +206,35 @@ kernel_prop!(q8_0_matches_the_scalar_reference, QuantType::Q8_0);
 kernel_prop!(q4_k_matches_the_scalar_reference, QuantType::Q4_K);
 kernel_prop!(q5_k_matches_the_scalar_reference, QuantType::Q5_K);
 kernel_prop!(q6_k_matches_the_scalar_reference, QuantType::Q6_K);
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// The AVX-512 VNNI prompt kernels give the AVX2 kernels' results bit for bit (the same
+    /// integer lanes, the same `f32` steps; see x86_vnni) — skipped where the CPU has no VNNI.
+    #[test]
+    fn vnni_prompt_kernels_equal_avx2_bit_for_bit(
+        (ty, (w, rows, cols, x)) in prop_oneof![
+            case(QuantType::Q4_0).prop_map(|c| (QuantType::Q4_0, c)),
+            case(QuantType::Q8_0).prop_map(|c| (QuantType::Q8_0, c)),
+        ],
+        threads in 1usize..4,
+    ) {
+        prop_assume!(Isa::Avx512Vnni.is_available());
+        let n = x.len() / cols;
+        let run = |isa| {
+            let mut out = vec![0f32; n * rows];
+            Engine::new(isa, threads)
+                .unwrap()
+                .matmul(ty, &w, rows, cols, &x, &mut out)
+                .unwrap();
+            out
+        };
+        let (vnni, avx2) = (run(Isa::Avx512Vnni), run(Isa::Avx2));
+        for (i, (a, b)) in vnni.iter().zip(&avx2).enumerate() {
+            prop_assert_eq!(a.to_bits(), b.to_bits(), "{:?} output {}: {} vs {}", ty, i, a, b);
+        }
+    }
+}
 
 #[test]
 fn rows_split_across_threads_equal_one_thread() {

@@ -16,7 +16,8 @@
 //! `SHARDSWARM_KERNELS` (read once per process) chooses: unset / `native`: the above; `candle`:
 //! candle everywhere, softmax included (the baseline the benchmark compares against);
 //! `scalar`: our scalar reference for every type it knows (slow; for checking the SIMD
-//! kernels). The thread count is the kernels' default (`RAYON_NUM_THREADS`, which `--threads`
+//! kernels); `avx2`: the AVX2 kernels even where AVX-512 VNNI prompt kernels exist (their
+//! baseline). The thread count is the kernels' default (`RAYON_NUM_THREADS`, which `--threads`
 //! sets, else the available cores).
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
@@ -41,13 +42,19 @@ impl KernelChoice {
                 isa: Isa::Scalar,
                 all: true,
             },
-            None | Some("" | "native") => KernelChoice::Ours {
+            // The AVX2 kernels on a CPU that also has AVX-512 VNNI: the baseline of its prompt
+            // kernels (a CPU without AVX2 gets the native choice).
+            Some("avx2") if Isa::Avx2.is_available() => KernelChoice::Ours {
+                isa: Isa::Avx2,
+                all: false,
+            },
+            None | Some("" | "native" | "avx2") => KernelChoice::Ours {
                 isa: Isa::detect(),
                 all: false,
             },
             Some(other) => {
                 tracing::warn!(target: "shardswarm::model", value = other,
-                    "unknown SHARDSWARM_KERNELS (candle, scalar, native); using native");
+                    "unknown SHARDSWARM_KERNELS (candle, scalar, avx2, native); using native");
                 KernelChoice::parse(None)
             }
         }
@@ -415,6 +422,15 @@ mod tests {
         assert_eq!(KernelChoice::parse(None), native);
         assert_eq!(KernelChoice::parse(Some("native")), native);
         assert_eq!(KernelChoice::parse(Some("bogus")), native);
+        if Isa::Avx2.is_available() {
+            assert_eq!(
+                KernelChoice::parse(Some("avx2")),
+                KernelChoice::Ours {
+                    isa: Isa::Avx2,
+                    all: false
+                }
+            );
+        }
     }
 
     fn lin_ty(l: &QLinear) -> QuantType {
@@ -463,15 +479,13 @@ mod tests {
                     lin_ty(&lin),
                     QuantType::Q4_K | QuantType::Q5_K | QuantType::Q6_K
                 );
-                if engine.0.isa() == Isa::Avx2
-                    && engine.0.isa().accelerates(lin_ty(&lin))
-                    && !k_quant
-                {
+                let simd = matches!(engine.0.isa(), Isa::Avx2 | Isa::Avx512Vnni);
+                if simd && engine.0.isa().accelerates(lin_ty(&lin)) && !k_quant {
                     // Same lane layout and f32 operation order as candle's AVX2 kernels.
                     let diff = (&got - &want)?.abs()?.flatten_all()?.max(0)?;
                     assert_eq!(diff.to_scalar::<f32>()?, 0.0, "{dtype:?} not bit-exact");
                 }
-                if engine.0.isa() == Isa::Avx2 && engine.0.isa().accelerates(lin_ty(&lin)) {
+                if simd && engine.0.isa().accelerates(lin_ty(&lin)) {
                     // Each row (a decode step) against candle's one-row (vec-dot) path.
                     let cand = QLinear::with_engine(q.clone(), None)?;
                     for r in 0..x.dim(1)? {
