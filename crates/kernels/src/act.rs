@@ -74,6 +74,47 @@ impl Q8Pair {
     }
 }
 
+/// Super-block `b` of two activation rows side by side, for the AVX-512 VNNI K-quant prompt
+/// kernels (see [`Q8Pair`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C, align(64))]
+pub(crate) struct Q8KPair {
+    /// Per 32-value sub-block `s`: row `t`'s quants, then row `t + 1`'s.
+    pub(crate) qs: [[i8; 64]; 8],
+    /// Row `t`'s scale in lanes 0..8, row `t + 1`'s in lanes 8..16.
+    pub(crate) d: [f32; 16],
+    /// The quants' sum over each sub-block: row `t`'s 8, then row `t + 1`'s.
+    pub(crate) sub_sums: [i16; 16],
+    /// Minus the scales, 4 lanes each (for the minimum term's 4-lane accumulator).
+    pub(crate) neg_d4: [f32; 8],
+}
+
+impl Q8KPair {
+    /// Rows `a` and `b` (`None`: a zero row).
+    fn new(a: &Q8KBlock, b: Option<&Q8KBlock>) -> Self {
+        let b = b.unwrap_or(&Q8KBlock::ZERO);
+        let mut qs = [[0i8; 64]; 8];
+        let mut sub_sums = [0i16; 16];
+        for (s, v) in qs.iter_mut().enumerate() {
+            v[..32].copy_from_slice(&a.qs[32 * s..32 * s + 32]);
+            v[32..].copy_from_slice(&b.qs[32 * s..32 * s + 32]);
+            // As AVX2's `hadd` of the 16-value sums: wrapping (never reached: |Σ| ≤ 32·128).
+            sub_sums[s] = a.bsums[2 * s].wrapping_add(a.bsums[2 * s + 1]);
+            sub_sums[8 + s] = b.bsums[2 * s].wrapping_add(b.bsums[2 * s + 1]);
+        }
+        let mut d = [a.d; 16];
+        d[8..].fill(b.d);
+        let mut neg_d4 = [-a.d; 8];
+        neg_d4[4..].fill(-b.d);
+        Q8KPair {
+            qs,
+            d,
+            sub_sums,
+            neg_d4,
+        }
+    }
+}
+
 impl Q8Block {
     /// All zeros.
     pub const ZERO: Q8Block = Q8Block {
@@ -116,6 +157,8 @@ pub(crate) enum Acts {
         blocks: Vec<Q8KBlock>,
         /// Blocks per row.
         per_row: usize,
+        /// As the pairs of [`Acts::Q8`].
+        pairs: Vec<Q8KPair>,
     },
 }
 
@@ -128,25 +171,20 @@ impl Acts {
         }
     }
 
-    /// Fills the row pairs of [`Acts::Q8`] (an odd last row is paired with zeros).
+    /// Fills the row pairs (an odd last row is paired with zeros).
     pub(crate) fn pair(&mut self) {
-        if let Acts::Q8 {
-            blocks,
-            per_row,
-            pairs,
-            ..
-        } = self
-        {
-            let rows: Vec<&[Q8Block]> = blocks.chunks_exact(*per_row).collect();
-            *pairs = rows
-                .chunks(2)
-                .flat_map(|two| {
-                    let (a, b) = (two[0], two.get(1));
-                    a.iter()
-                        .enumerate()
-                        .map(move |(i, x)| Q8Pair::new(x, b.map(|b| &b[i])))
-                })
-                .collect();
+        match self {
+            Acts::Q8 {
+                blocks,
+                per_row,
+                pairs,
+                ..
+            } => *pairs = paired(blocks, *per_row, Q8Pair::new),
+            Acts::Q8K {
+                blocks,
+                per_row,
+                pairs,
+            } => *pairs = paired(blocks, *per_row, Q8KPair::new),
         }
     }
 
@@ -163,9 +201,23 @@ impl Acts {
             ActKind::Q8K => Acts::Q8K {
                 blocks: vec![Q8KBlock::ZERO; n * cols / 256],
                 per_row: cols / 256,
+                pairs: Vec::new(),
             },
         }
     }
+}
+
+/// Rows `2p` and `2p + 1` of `blocks` (`per_row` blocks each) side by side, block by block.
+fn paired<B, P>(blocks: &[B], per_row: usize, pair: fn(&B, Option<&B>) -> P) -> Vec<P> {
+    let rows: Vec<&[B]> = blocks.chunks_exact(per_row).collect();
+    rows.chunks(2)
+        .flat_map(|two| {
+            let (a, b) = (two[0], two.get(1));
+            a.iter()
+                .enumerate()
+                .map(move |(i, x)| pair(x, b.map(|b| &b[i])))
+        })
+        .collect()
 }
 
 /// Quantizes 32 values into a [`Q8Block`] (scalar reference).

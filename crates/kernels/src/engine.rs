@@ -178,7 +178,9 @@ pub(crate) fn scalar_rows(ty: QuantType, w: &[u8], acts: &Acts, out: &mut [f32])
                 }
             }
         }
-        Acts::Q8K { blocks, per_row } => {
+        Acts::Q8K {
+            blocks, per_row, ..
+        } => {
             let rb = per_row * ty.block_bytes();
             let n = blocks.len() / per_row;
             for (wr, o) in w.chunks_exact(rb).zip(out.chunks_exact_mut(n)) {

@@ -76,7 +76,12 @@ pub(crate) fn rows(ty: QuantType, w: &[u8], acts: &Acts, out: &mut [f32]) {
             // SAFETY: the features the kernels enable were detected just above.
             unsafe { rows_q8(ty, w, blocks, d, s, *per_row, out) }
         }
-        (QuantType::Q4_K | QuantType::Q5_K | QuantType::Q6_K, Acts::Q8K { blocks, per_row }) => {
+        (
+            QuantType::Q4_K | QuantType::Q5_K | QuantType::Q6_K,
+            Acts::Q8K {
+                blocks, per_row, ..
+            },
+        ) => {
             let row_bytes = per_row * ty.block_bytes();
             assert!(w.len().is_multiple_of(row_bytes) && *per_row > 0);
             assert_eq!(out.len(), w.len() / row_bytes * (blocks.len() / per_row));

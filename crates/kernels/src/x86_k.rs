@@ -96,7 +96,7 @@ fn load_q8k(y: &Q8KBlock, at: usize) -> __m256i {
 /// The 8 scales then 8 minimums of a Q4_K/Q5_K block (6 bits each, packed in 12 bytes; see
 /// `crate::scalar::scale_min_k4`), as 16 bytes.
 #[inline]
-fn scales_mins_k4(q: &[u8]) -> [u8; 16] {
+pub(crate) fn scales_mins_k4(q: &[u8]) -> [u8; 16] {
     let mut out = [0u8; 16];
     for j in 0..4 {
         out[j] = q[j] & 63;

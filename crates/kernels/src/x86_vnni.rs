@@ -1,5 +1,5 @@
-//! AVX-512 VNNI kernels for prompts (two or more input rows) of Q4_0 and Q8_0; chosen at run
-//! time by [`available`]. Everything else (one-row mat-vecs, the other types) runs the AVX2
+//! AVX-512 VNNI kernels for prompts (two or more input rows) of Q4_0, Q8_0 and Q4_K; chosen
+//! at run time by [`available`]. Everything else (one-row mat-vecs, the other types) runs the AVX2
 //! kernels of [`crate::x86`].
 //!
 //! A prompt multiplies every weight row with many activation rows, so the work is tiled: [`RM`]
@@ -16,10 +16,15 @@
 //! steps after them are the same too (scale `d_w·d_y` rounded once, one FMA per block in block
 //! order, the same horizontal sum), so results equal the AVX2 path's — and candle's — bit for
 //! bit.
+//!
+//! Q4_K ([`tile_q4_k`]) follows the AVX2 kernel of [`crate::x86_k`] step by step on 512 bits:
+//! `vpmaddubsw` pairs, then `vpdpwssd` applies the sub-block scale and accumulates (AVX2's
+//! `vpmaddwd` + add), one FMA per super-block with `d_w·d_y`, and the minimum term in its own
+//! 4-lane accumulator per row — again the same integers and the same `f32` steps.
 
 #![allow(unsafe_code)]
 
-use crate::act::{Acts, Q8Pair};
+use crate::act::{Acts, Q8KPair, Q8Pair};
 use crate::quant::QuantType;
 use std::arch::x86_64::*;
 
@@ -27,6 +32,8 @@ use std::arch::x86_64::*;
 const RM: usize = 4;
 /// Activation row pairs per tile.
 const RN: usize = 3;
+/// Weight rows per Q4_K tile (it keeps three accumulators per row and pair).
+const RM_K: usize = 2;
 /// Weight rows run against all activation pairs before moving on: with the activation pairs of
 /// one tile they stay in the core's L2 cache (64 rows × 2048 Q4_0 columns = 72 KiB).
 const PANEL_ROWS: usize = 64;
@@ -41,7 +48,7 @@ pub(crate) fn available() -> bool {
 
 /// True when `ty` has a tiled prompt kernel here (the others run [`crate::x86::rows`]).
 pub(crate) fn tiles(ty: QuantType) -> bool {
-    matches!(ty, QuantType::Q4_0 | QuantType::Q8_0)
+    matches!(ty, QuantType::Q4_0 | QuantType::Q8_0 | QuantType::Q4_K)
 }
 
 /// `out[r·n + t] = dot(weight row r, activation row t)` for the rows in `w`: tiled when the
@@ -72,46 +79,89 @@ pub(crate) fn rows(ty: QuantType, w: &[u8], acts: &Acts, out: &mut [f32]) {
                 }
             }
         }
+        Acts::Q8K {
+            blocks,
+            per_row,
+            pairs,
+        } if ty == QuantType::Q4_K && !pairs.is_empty() => {
+            let row_bytes = per_row * ty.block_bytes();
+            let n = blocks.len() / per_row;
+            assert!(w.len().is_multiple_of(row_bytes) && *per_row > 0);
+            assert_eq!(out.len(), w.len() / row_bytes * n);
+            assert_eq!(pairs.len(), n.div_ceil(2) * per_row);
+            // SAFETY: the features the kernels enable were detected just above.
+            unsafe { tiled_q4_k(w, pairs, *per_row, n, out) }
+        }
         _ => crate::x86::rows(ty, w, acts, out),
     }
+}
+
+/// Tiles of weight rows × activation pairs over `rows` rows and `np` pairs: panels of
+/// [`PANEL_ROWS`] weight rows, in each every group of `N` pairs (then single pairs), in each
+/// every group of `M` weight rows (then single rows). `tile(r, p, m, n)` runs one.
+macro_rules! tiles {
+    ($rows:expr, $np:expr, $M:expr, $N:expr, |$r:ident, $p:ident, $m:tt, $n:tt| $tile:expr) => {{
+        let (rows, np) = ($rows, $np);
+        let mut panel = 0;
+        while panel < rows {
+            let end = (panel + PANEL_ROWS).min(rows);
+            let mut $p = 0;
+            while $p < np {
+                let mut $r = panel;
+                if $p + $N <= np {
+                    while $r + $M <= end {
+                        {
+                            const $m: usize = $M;
+                            const $n: usize = $N;
+                            $tile
+                        }
+                        $r += $M;
+                    }
+                    while $r < end {
+                        {
+                            const $m: usize = 1;
+                            const $n: usize = $N;
+                            $tile
+                        }
+                        $r += 1;
+                    }
+                    $p += $N;
+                } else {
+                    while $r + $M <= end {
+                        {
+                            const $m: usize = $M;
+                            const $n: usize = 1;
+                            $tile
+                        }
+                        $r += $M;
+                    }
+                    while $r < end {
+                        {
+                            const $m: usize = 1;
+                            const $n: usize = 1;
+                            $tile
+                        }
+                        $r += 1;
+                    }
+                    $p += 1;
+                }
+            }
+            panel = end;
+        }
+    }};
 }
 
 /// All weight rows of `w` (blocks of `B` bytes: 18 = Q4_0, 34 = Q8_0) against all pairs.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 fn tiled<const B: usize>(w: &[u8], pairs: &[Q8Pair], per_row: usize, n: usize, out: &mut [f32]) {
     let (blocks, _) = w.as_chunks::<B>();
-    let rows = blocks.len() / per_row;
-    let np = pairs.len() / per_row;
-    let mut panel = 0;
-    while panel < rows {
-        let end = (panel + PANEL_ROWS).min(rows);
-        let mut p = 0;
-        while p < np {
-            let mut r = panel;
-            if p + RN <= np {
-                while r + RM <= end {
-                    tile::<B, RM, RN>(blocks, r, pairs, p, per_row, n, out);
-                    r += RM;
-                }
-                while r < end {
-                    tile::<B, 1, RN>(blocks, r, pairs, p, per_row, n, out);
-                    r += 1;
-                }
-                p += RN;
-            } else {
-                while r + RM <= end {
-                    tile::<B, RM, 1>(blocks, r, pairs, p, per_row, n, out);
-                    r += RM;
-                }
-                while r < end {
-                    tile::<B, 1, 1>(blocks, r, pairs, p, per_row, n, out);
-                    r += 1;
-                }
-                p += 1;
-            }
-        }
-        panel = end;
-    }
+    tiles!(
+        blocks.len() / per_row,
+        pairs.len() / per_row,
+        RM,
+        RN,
+        |r, p, M, N| tile::<B, M, N>(blocks, r, pairs, p, per_row, n, out)
+    );
 }
 
 /// Weight rows `r0..r0 + M` × activation pairs `p0..p0 + N`.
@@ -163,8 +213,7 @@ fn tile<const B: usize, const M: usize, const N: usize>(
         let row = &mut out[(r0 + i) * n..(r0 + i + 1) * n];
         for (j, a) in acc.iter().enumerate() {
             let t = 2 * (p0 + j);
-            let lo = _mm512_castps512_ps256(*a);
-            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(*a)));
+            let (lo, hi) = halves(*a);
             row[t] = crate::x86::hsum(lo);
             if let Some(v) = row.get_mut(t + 1) {
                 *v = crate::x86::hsum(hi);
@@ -192,4 +241,123 @@ fn weight_bytes<const B: usize>(blk: &[u8; B]) -> __m512i {
         let q = unsafe { _mm256_loadu_si256(blk.as_ptr().add(2).cast()) };
         _mm512_xor_si512(_mm512_broadcast_i64x4(q), _mm512_set1_epi8(i8::MIN))
     }
+}
+
+/// All Q4_K weight rows of `w` against all pairs.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+fn tiled_q4_k(w: &[u8], pairs: &[Q8KPair], per_row: usize, n: usize, out: &mut [f32]) {
+    let (blocks, _) = w.as_chunks::<144>();
+    tiles!(
+        blocks.len() / per_row,
+        pairs.len() / per_row,
+        RM_K,
+        RN,
+        |r, p, M, N| tile_q4_k::<M, N>(blocks, r, pairs, p, per_row, n, out)
+    );
+}
+
+/// Q4_K weight rows `r0..r0 + M` × activation pairs `p0..p0 + N` (see the module doc).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+fn tile_q4_k<const M: usize, const N: usize>(
+    blocks: &[[u8; 144]],
+    r0: usize,
+    pairs: &[Q8KPair],
+    p0: usize,
+    per_row: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    let m4 = _mm512_set1_epi8(0x0f);
+    let mut acc = [[_mm512_setzero_ps(); N]; M];
+    let mut acc_m = [[_mm256_setzero_ps(); N]; M];
+    let ws = &blocks[r0 * per_row..(r0 + M) * per_row];
+    let ys = &pairs[p0 * per_row..(p0 + N) * per_row];
+    for b in 0..per_row {
+        let mut sm = [[0u8; 16]; M];
+        let mut sub_scales = [[0i16; M]; 8];
+        for (i, sm) in sm.iter_mut().enumerate() {
+            *sm = crate::x86_k::scales_mins_k4(&ws[i * per_row + b][4..16]);
+            for (s, sc) in sub_scales.iter_mut().enumerate() {
+                sc[i] = i16::from(sm[s]);
+            }
+        }
+        let mut sumi = [[_mm512_setzero_si512(); N]; M];
+        for (s, sc) in sub_scales.iter().enumerate() {
+            let mut y = [_mm512_setzero_si512(); N];
+            for (j, y) in y.iter_mut().enumerate() {
+                // SAFETY: each sub-block row of a 64-byte aligned `Q8KPair` is 64 aligned bytes.
+                *y = unsafe { _mm512_load_si512(ys[j * per_row + b].qs[s].as_ptr().cast()) };
+            }
+            for i in 0..M {
+                let blk = &ws[i * per_row + b];
+                // Sub-blocks 2k and 2k + 1 are the low and high nibbles of bytes 16 + 32k..
+                // SAFETY: 32 bytes at 16 + 32·(s / 2) ≤ 112 of a 144-byte block.
+                let q = unsafe { _mm256_loadu_si256(blk.as_ptr().add(16 + 32 * (s / 2)).cast()) };
+                let q = _mm512_broadcast_i64x4(q);
+                let q = if s % 2 == 0 {
+                    _mm512_and_si512(q, m4)
+                } else {
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4)
+                };
+                let scale = _mm512_set1_epi16(sc[i]);
+                for (j, y) in y.iter().enumerate() {
+                    let pairs16 = _mm512_maddubs_epi16(q, *y);
+                    sumi[i][j] = _mm512_dpwssd_epi32(sumi[i][j], pairs16, scale);
+                }
+            }
+        }
+        for i in 0..M {
+            let blk = &ws[i * per_row + b];
+            let d = _mm512_set1_ps(crate::x86::f16_one(blk[0], blk[1]));
+            let dmin = _mm256_set1_ps(crate::x86::f16_one(blk[2], blk[3]));
+            // SAFETY: `sm[i]` is 16 bytes; unaligned load.
+            let mins = _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(sm[i].as_ptr().cast()) });
+            let mins = _mm256_permute2x128_si256::<0x11>(mins, mins);
+            for j in 0..N {
+                let y = &ys[j * per_row + b];
+                // SAFETY: fields of a 64-byte aligned `Q8KPair`, at 64-byte (`d`) and 32-byte
+                // (`sub_sums`, `neg_d4`) aligned offsets.
+                let (yd, sub_sums, neg_d4) = unsafe {
+                    (
+                        _mm512_load_ps(y.d.as_ptr()),
+                        _mm256_load_si256(y.sub_sums.as_ptr().cast()),
+                        _mm256_load_ps(y.neg_d4.as_ptr()),
+                    )
+                };
+                let min_prod = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins, sub_sums));
+                acc_m[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(dmin, neg_d4), min_prod, acc_m[i][j]);
+                let sumf = _mm512_cvtepi32_ps(sumi[i][j]);
+                acc[i][j] = _mm512_fmadd_ps(_mm512_mul_ps(d, yd), sumf, acc[i][j]);
+            }
+        }
+    }
+    for i in 0..M {
+        let row = &mut out[(r0 + i) * n..(r0 + i + 1) * n];
+        for j in 0..N {
+            let t = 2 * (p0 + j);
+            let (lo, hi) = halves(acc[i][j]);
+            let m = acc_m[i][j];
+            row[t] = crate::x86::hsum(lo) + hsum4(_mm256_castps256_ps128(m));
+            if let Some(v) = row.get_mut(t + 1) {
+                *v = crate::x86::hsum(hi) + hsum4(_mm256_extractf128_ps::<1>(m));
+            }
+        }
+    }
+}
+
+/// The two 256-bit halves of `v`.
+#[inline]
+#[target_feature(enable = "avx512f,avx2")]
+fn halves(v: __m512) -> (__m256, __m256) {
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+    (_mm512_castps512_ps256(v), hi)
+}
+
+/// Sum of 4 lanes, in the order of the AVX2 Q4_K kernel's minimum term.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum4(v: __m128) -> f32 {
+    let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)))
 }

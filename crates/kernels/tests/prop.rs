@@ -216,6 +216,7 @@ proptest! {
         (ty, (w, rows, cols, x)) in prop_oneof![
             case(QuantType::Q4_0).prop_map(|c| (QuantType::Q4_0, c)),
             case(QuantType::Q8_0).prop_map(|c| (QuantType::Q8_0, c)),
+            case(QuantType::Q4_K).prop_map(|c| (QuantType::Q4_K, c)),
         ],
         threads in 1usize..4,
     ) {
