@@ -1,4 +1,4 @@
-//! Prompt (mat-mat) throughput of each x86 engine (Q4_0, Q8_0, Q4_K) on the shapes of a 1.1B llama, the input
+//! Prompt (mat-mat) throughput of each x86 engine (Q4_0, Q8_0, Q4_K, Q6_K) on the shapes of a 1.1B llama, the input
 //! being a 64-token prompt: the AVX2 kernels (the baseline, measured in the same run) against
 //! the AVX-512 VNNI tiled ones, where the CPU has them.
 //!
@@ -22,16 +22,25 @@ fn main() {
         eprintln!("no x86 SIMD engine on this CPU");
         return;
     }
-    for ty in [QuantType::Q4_0, QuantType::Q8_0, QuantType::Q4_K] {
+    for ty in [
+        QuantType::Q4_0,
+        QuantType::Q8_0,
+        QuantType::Q4_K,
+        QuantType::Q6_K,
+    ] {
         for (rows, cols) in shapes {
             let rb = ty.row_bytes(cols).expect("cols");
             // Pseudo-random quants with small positive f16 scales (0x2000 ≈ 0.0078): Q4_0/Q8_0
-            // have one at byte 0, Q4_K two (d, dmin) at bytes 0 and 2.
-            let scales = if ty == QuantType::Q4_K { 4 } else { 2 };
+            // have one at byte 0, Q4_K two (d, dmin) at bytes 0 and 2, Q6_K one at byte 208.
+            let (at, len) = match ty {
+                QuantType::Q4_K => (0, 4),
+                QuantType::Q6_K => (208, 2),
+                _ => (0, 2),
+            };
             let w: Vec<u8> = (0..rows * rb)
                 .map(|i| match i % ty.block_bytes() {
-                    o if o < scales && o % 2 == 0 => 0,
-                    o if o < scales => 0x20,
+                    o if (at..at + len).contains(&o) && o % 2 == 0 => 0,
+                    o if (at..at + len).contains(&o) => 0x20,
                     _ => ((i * 2654435761usize) >> 13) as u8,
                 })
                 .collect();

@@ -70,7 +70,7 @@ pub enum Isa {
     Scalar,
     /// x86-64 with AVX2, FMA and F16C.
     Avx2,
-    /// x86-64 with AVX-512 F/BW and VNNI on top of [`Isa::Avx2`]: prompts of Q4_0 and Q8_0 run
+    /// x86-64 with AVX-512 F/BW and VNNI on top of [`Isa::Avx2`]: prompts of Q4_0, Q8_0, Q4_K and Q6_K run
     /// tiled VNNI kernels (the same results bit for bit), everything else the AVX2 kernels.
     Avx512Vnni,
     /// aarch64 NEON (untested on this project's CI: no ARM machine).

@@ -6,7 +6,7 @@
 //!   [`Q8KBlock`] for the K-quants), then every weight row is an integer dot product with it.
 //! - [`Isa`]: a scalar reference ([`scalar`]) on every CPU; AVX2+FMA+F16C on x86-64 (Q4_0,
 //!   Q4_1, Q8_0, Q4_K, Q5_K, Q6_K) and NEON on aarch64 (Q4_0, Q4_1, Q8_0; untested here), chosen at
-//!   run time; with AVX-512 VNNI, prompts of Q4_0 and Q8_0 run tiled kernels (several weight
+//!   run time; with AVX-512 VNNI, prompts of Q4_0, Q8_0, Q4_K and Q6_K run tiled kernels (several weight
 //!   rows × several input rows per pass, bit-identical to the AVX2 ones).
 //! - [`Engine`]: the instruction set plus a persistent [`Pool`] of `threads − 1` workers and
 //!   the caller; [`Engine::global`] uses [`default_threads`] (`RAYON_NUM_THREADS`, else the

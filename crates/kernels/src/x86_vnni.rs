@@ -1,5 +1,5 @@
-//! AVX-512 VNNI kernels for prompts (two or more input rows) of Q4_0, Q8_0 and Q4_K; chosen
-//! at run time by [`available`]. Everything else (one-row mat-vecs, the other types) runs the AVX2
+//! AVX-512 VNNI kernels for prompts (two or more input rows) of Q4_0, Q8_0, Q4_K and Q6_K;
+//! chosen at run time by [`available`]. Everything else (one-row mat-vecs, the other types) runs the AVX2
 //! kernels of [`crate::x86`].
 //!
 //! A prompt multiplies every weight row with many activation rows, so the work is tiled: [`RM`]
@@ -20,7 +20,9 @@
 //! Q4_K ([`tile_q4_k`]) follows the AVX2 kernel of [`crate::x86_k`] step by step on 512 bits:
 //! `vpmaddubsw` pairs, then `vpdpwssd` applies the sub-block scale and accumulates (AVX2's
 //! `vpmaddwd` + add), one FMA per super-block with `d_w·d_y`, and the minimum term in its own
-//! 4-lane accumulator per row — again the same integers and the same `f32` steps.
+//! 4-lane accumulator per row — again the same integers and the same `f32` steps. Q6_K
+//! ([`tile_q6_k`]) likewise follows its AVX2 kernel (6-bit quants from `ql` and `qh`, the 32
+//! offset taken out as `maddubs(q, y) − maddubs(32, y)`, 16-value group scales by `vpdpwssd`).
 
 #![allow(unsafe_code)]
 
@@ -48,7 +50,10 @@ pub(crate) fn available() -> bool {
 
 /// True when `ty` has a tiled prompt kernel here (the others run [`crate::x86::rows`]).
 pub(crate) fn tiles(ty: QuantType) -> bool {
-    matches!(ty, QuantType::Q4_0 | QuantType::Q8_0 | QuantType::Q4_K)
+    matches!(
+        ty,
+        QuantType::Q4_0 | QuantType::Q8_0 | QuantType::Q4_K | QuantType::Q6_K
+    )
 }
 
 /// `out[r·n + t] = dot(weight row r, activation row t)` for the rows in `w`: tiled when the
@@ -83,14 +88,20 @@ pub(crate) fn rows(ty: QuantType, w: &[u8], acts: &Acts, out: &mut [f32]) {
             blocks,
             per_row,
             pairs,
-        } if ty == QuantType::Q4_K && !pairs.is_empty() => {
+        } if tiles(ty) && !pairs.is_empty() => {
             let row_bytes = per_row * ty.block_bytes();
             let n = blocks.len() / per_row;
             assert!(w.len().is_multiple_of(row_bytes) && *per_row > 0);
             assert_eq!(out.len(), w.len() / row_bytes * n);
             assert_eq!(pairs.len(), n.div_ceil(2) * per_row);
             // SAFETY: the features the kernels enable were detected just above.
-            unsafe { tiled_q4_k(w, pairs, *per_row, n, out) }
+            unsafe {
+                if ty == QuantType::Q4_K {
+                    tiled_q4_k(w, pairs, *per_row, n, out)
+                } else {
+                    tiled_q6_k(w, pairs, *per_row, n, out)
+                }
+            }
         }
         _ => crate::x86::rows(ty, w, acts, out),
     }
@@ -209,17 +220,7 @@ fn tile<const B: usize, const M: usize, const N: usize>(
             }
         }
     }
-    for (i, acc) in acc.iter().enumerate() {
-        let row = &mut out[(r0 + i) * n..(r0 + i + 1) * n];
-        for (j, a) in acc.iter().enumerate() {
-            let t = 2 * (p0 + j);
-            let (lo, hi) = halves(*a);
-            row[t] = crate::x86::hsum(lo);
-            if let Some(v) = row.get_mut(t + 1) {
-                *v = crate::x86::hsum(hi);
-            }
-        }
-    }
+    store(&acc, r0, p0, n, out);
 }
 
 /// One weight block's 32 quants as unsigned bytes, in both 256-bit halves: Q4_0's nibbles
@@ -341,6 +342,134 @@ fn tile_q4_k<const M: usize, const N: usize>(
             row[t] = crate::x86::hsum(lo) + hsum4(_mm256_castps256_ps128(m));
             if let Some(v) = row.get_mut(t + 1) {
                 *v = crate::x86::hsum(hi) + hsum4(_mm256_extractf128_ps::<1>(m));
+            }
+        }
+    }
+}
+
+/// All Q6_K weight rows of `w` against all pairs.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+fn tiled_q6_k(w: &[u8], pairs: &[Q8KPair], per_row: usize, n: usize, out: &mut [f32]) {
+    let (blocks, _) = w.as_chunks::<210>();
+    tiles!(
+        blocks.len() / per_row,
+        pairs.len() / per_row,
+        RM_K,
+        RN,
+        |r, p, M, N| tile_q6_k::<M, N>(blocks, r, pairs, p, per_row, n, out)
+    );
+}
+
+/// Q6_K weight rows `r0..r0 + M` × activation pairs `p0..p0 + N` (see the module doc).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+fn tile_q6_k<const M: usize, const N: usize>(
+    blocks: &[[u8; 210]],
+    r0: usize,
+    pairs: &[Q8KPair],
+    p0: usize,
+    per_row: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    let (m4, m2, m32) = (
+        _mm512_set1_epi8(0x0f),
+        _mm512_set1_epi8(3),
+        _mm512_set1_epi8(32),
+    );
+    let mut acc = [[_mm512_setzero_ps(); N]; M];
+    let ws = &blocks[r0 * per_row..(r0 + M) * per_row];
+    let ys = &pairs[p0 * per_row..(p0 + N) * per_row];
+    for b in 0..per_row {
+        // Each row's 16 group scales as i16, in both 256-bit halves.
+        let mut scales = [_mm512_setzero_si512(); M];
+        for (i, sc) in scales.iter_mut().enumerate() {
+            // SAFETY: bytes 192..208 of a 210-byte block; unaligned load.
+            let raw = unsafe { _mm_loadu_si128(ws[i * per_row + b].as_ptr().add(192).cast()) };
+            let s16 = _mm256_cvtepi8_epi16(raw);
+            *sc = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(s16), s16);
+        }
+        let mut sumi = [[_mm512_setzero_si512(); N]; M];
+        for s in 0..8 {
+            let (j, k) = (s / 4, s % 4);
+            let mut y = [_mm512_setzero_si512(); N];
+            let mut y32 = [_mm512_setzero_si512(); N];
+            for (jj, (y, y32)) in y.iter_mut().zip(y32.iter_mut()).enumerate() {
+                // SAFETY: each sub-block row of a 64-byte aligned `Q8KPair` is 64 aligned bytes.
+                *y = unsafe { _mm512_load_si512(ys[jj * per_row + b].qs[s].as_ptr().cast()) };
+                *y32 = _mm512_maddubs_epi16(m32, *y);
+            }
+            // Values 32s..32s + 32 are groups 2s and 2s + 1: i16 lanes 0..8 of each half take
+            // group 2s's scale, lanes 8..16 group 2s + 1's (`_mm512_set_epi16` lists lane 31
+            // first).
+            let (g, h) = ((2 * s) as i16, (2 * s + 1) as i16);
+            #[rustfmt::skip]
+            let pick = _mm512_set_epi16(
+                h, h, h, h, h, h, h, h, g, g, g, g, g, g, g, g,
+                h, h, h, h, h, h, h, h, g, g, g, g, g, g, g, g,
+            );
+            for i in 0..M {
+                let blk = &ws[i * per_row + b];
+                // SAFETY: 32 bytes at 64j + 32·(k % 2) ≤ 96 and at 128 + 32j ≤ 160 of 210.
+                let (ql, qh) = unsafe {
+                    (
+                        _mm256_loadu_si256(blk.as_ptr().add(64 * j + 32 * (k % 2)).cast()),
+                        _mm256_loadu_si256(blk.as_ptr().add(128 + 32 * j).cast()),
+                    )
+                };
+                let (ql, qh) = (_mm512_broadcast_i64x4(ql), _mm512_broadcast_i64x4(qh));
+                let low = if k < 2 {
+                    _mm512_and_si512(ql, m4)
+                } else {
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4)
+                };
+                let bits = match k {
+                    0 => qh,
+                    1 => _mm512_srli_epi16::<2>(qh),
+                    2 => _mm512_srli_epi16::<4>(qh),
+                    _ => _mm512_srli_epi16::<6>(qh),
+                };
+                let q = _mm512_or_si512(low, _mm512_slli_epi16::<4>(_mm512_and_si512(bits, m2)));
+                let sc = _mm512_permutexvar_epi16(pick, scales[i]);
+                for jj in 0..N {
+                    let raw = _mm512_sub_epi16(_mm512_maddubs_epi16(q, y[jj]), y32[jj]);
+                    sumi[i][jj] = _mm512_dpwssd_epi32(sumi[i][jj], raw, sc);
+                }
+            }
+        }
+        for i in 0..M {
+            let blk = &ws[i * per_row + b];
+            let d = _mm512_set1_ps(crate::x86::f16_one(blk[208], blk[209]));
+            for j in 0..N {
+                // SAFETY: `d` of a 64-byte aligned `Q8KPair` is 64 aligned bytes.
+                let yd = unsafe { _mm512_load_ps(ys[j * per_row + b].d.as_ptr()) };
+                let sumf = _mm512_cvtepi32_ps(sumi[i][j]);
+                acc[i][j] = _mm512_fmadd_ps(_mm512_mul_ps(d, yd), sumf, acc[i][j]);
+            }
+        }
+    }
+    store(&acc, r0, p0, n, out);
+}
+
+/// Writes a tile's sums: `acc[i][j]` holds weight row `r0 + i` against input rows
+/// `2(p0 + j)` (low half) and `2(p0 + j) + 1` (high half; absent past the last row).
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+fn store<const M: usize, const N: usize>(
+    acc: &[[__m512; N]; M],
+    r0: usize,
+    p0: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    for (i, acc) in acc.iter().enumerate() {
+        let row = &mut out[(r0 + i) * n..(r0 + i + 1) * n];
+        for (j, a) in acc.iter().enumerate() {
+            let t = 2 * (p0 + j);
+            let (lo, hi) = halves(*a);
+            row[t] = crate::x86::hsum(lo);
+            if let Some(v) = row.get_mut(t + 1) {
+                *v = crate::x86::hsum(hi);
             }
         }
     }

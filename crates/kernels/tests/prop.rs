@@ -217,6 +217,7 @@ proptest! {
             case(QuantType::Q4_0).prop_map(|c| (QuantType::Q4_0, c)),
             case(QuantType::Q8_0).prop_map(|c| (QuantType::Q8_0, c)),
             case(QuantType::Q4_K).prop_map(|c| (QuantType::Q4_K, c)),
+            case(QuantType::Q6_K).prop_map(|c| (QuantType::Q6_K, c)),
         ],
         threads in 1usize..4,
     ) {

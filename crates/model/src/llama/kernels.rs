@@ -4,12 +4,13 @@
 //! can replace these without touching the stage API.
 //!
 //! - Quantized linear layers of the types `shardswarm-kernels` accelerates on this CPU (AVX2:
-//!   Q4_0, Q4_1, Q8_0, Q4_K, Q6_K; NEON: Q4_0, Q4_1, Q8_0) run our own mat-vec on the GGUF
+//!   Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K; NEON: Q4_0, Q4_1, Q8_0) run our own mat-vec on the GGUF
 //!   blocks in place (read through candle's storage, no copy); the rest run candle's
 //!   `QMatMul`. Layers that read the same input (Q/K/V, gate/up) go through one pass of the
 //!   pool ([`QLinear::forward_many`]), prompts included ([`QLinear::runs_ours`]). On AVX2 the
 //!   results equal candle's one-row path bit for bit (and its several-row path for Q4_0, Q4_1
-//!   and Q8_0; for K-quant prompts candle's tiled kernels sum in another order).
+//!   and Q8_0; for K-quant prompts candle's tiled kernels sum in another order). With AVX-512
+//!   VNNI, prompts of Q4_0, Q8_0, Q4_K and Q6_K run tiled kernels with the AVX2 path's results.
 //! - Attention is candle tensor ops, except the softmax, which runs on the calling thread with
 //!   candle's arithmetic ([`softmax_last_dim`]) instead of a round trip to candle's rayon pool.
 //!
