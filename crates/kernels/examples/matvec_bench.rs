@@ -27,7 +27,13 @@ fn main() {
         (QuantType::Q4_K, 2048, 2048),
         (QuantType::Q6_K, 2048, 2048),
     ];
-    for isa in [Isa::detect(), Isa::Scalar] {
+    // The AVX2 engine too where the best one is AVX-512 VNNI: its one-row kernels' baseline.
+    let mut isas = vec![Isa::detect()];
+    if isas[0] == Isa::Avx512Vnni {
+        isas.push(Isa::Avx2);
+    }
+    isas.push(Isa::Scalar);
+    for isa in isas {
         let engine = Engine::new(isa, threads).expect("engine");
         for (ty, rows, cols) in shapes {
             let rb = ty.row_bytes(cols).expect("cols");

@@ -48,7 +48,8 @@ pub struct Q8KBlock {
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C, align(64))]
 pub(crate) struct Q8Pair {
-    /// Row `t`'s 32 quants, then row `t + 1`'s (zeros when `t` is the last row).
+    /// Row `t`'s 32 quants, then row `t + 1`'s (zeros when `t` is the last of several rows,
+    /// row `t` again when it is the only one).
     pub(crate) qs: [i8; 64],
     /// Row `t`'s scale in lanes 0..8, row `t + 1`'s in lanes 8..16.
     pub(crate) d: [f32; 16],
@@ -171,7 +172,7 @@ impl Acts {
         }
     }
 
-    /// Fills the row pairs (an odd last row is paired with zeros).
+    /// Fills the row pairs (an odd last row is paired with zeros, a single row with itself).
     pub(crate) fn pair(&mut self) {
         match self {
             Acts::Q8 {
@@ -207,12 +208,14 @@ impl Acts {
     }
 }
 
-/// Rows `2p` and `2p + 1` of `blocks` (`per_row` blocks each) side by side, block by block.
+/// Rows `2p` and `2p + 1` of `blocks` (`per_row` blocks each) side by side, block by block;
+/// a single row is paired with itself (the one-row kernels pair weight rows instead).
 fn paired<B, P>(blocks: &[B], per_row: usize, pair: fn(&B, Option<&B>) -> P) -> Vec<P> {
     let rows: Vec<&[B]> = blocks.chunks_exact(per_row).collect();
+    let single = rows.len() == 1;
     rows.chunks(2)
         .flat_map(|two| {
-            let (a, b) = (two[0], two.get(1));
+            let (a, b) = (two[0], two.get(1).or(single.then_some(&two[0])));
             a.iter()
                 .enumerate()
                 .map(move |(i, x)| pair(x, b.map(|b| &b[i])))

@@ -396,7 +396,13 @@ impl Engine {
     fn pairs_rows(&self, n: usize, ws: &[Weights<'_>]) -> bool {
         #[cfg(target_arch = "x86_64")]
         if self.isa == Isa::Avx512Vnni {
-            return n >= 2 && ws.iter().any(|w| crate::x86_vnni::tiles(w.ty));
+            return ws.iter().any(|w| {
+                if n >= 2 {
+                    crate::x86_vnni::tiles(w.ty)
+                } else {
+                    crate::x86_vnni::pairs_weight_rows(w.ty)
+                }
+            });
         }
         let _ = (n, ws);
         false
