@@ -1,4 +1,4 @@
-//! Prompt (mat-mat) throughput of each x86 engine (Q4_0, Q8_0, Q4_K, Q6_K) on the shapes of a 1.1B llama, the input
+//! Prompt (mat-mat) throughput of each x86 engine (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) on the shapes of a 1.1B llama, the input
 //! being a 64-token prompt: the AVX2 kernels (the baseline, measured in the same run) against
 //! the AVX-512 VNNI tiled ones, where the CPU has them.
 //!
@@ -12,8 +12,16 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let threads: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(2);
     let tokens: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(64);
-    // (rows, cols): attention q/o, k/v, FFN gate/up, FFN down of TinyLlama-1.1B.
-    let shapes = [(2048, 2048), (256, 2048), (5632, 2048), (2048, 5632)];
+    // (rows, cols): attention q/o, k/v, FFN gate/up, FFN down of TinyLlama-1.1B; the FFN
+    // gate/up and down of SmolLM2-135M (the default model) for the 32-value types.
+    let shapes = [
+        (2048, 2048),
+        (256, 2048),
+        (5632, 2048),
+        (2048, 5632),
+        (1536, 576),
+        (576, 1536),
+    ];
     let isas: Vec<Isa> = [Isa::Avx2, Isa::Avx512Vnni]
         .into_iter()
         .filter(|i| i.is_available())
@@ -24,16 +32,20 @@ fn main() {
     }
     for ty in [
         QuantType::Q4_0,
+        QuantType::Q4_1,
         QuantType::Q8_0,
         QuantType::Q4_K,
         QuantType::Q6_K,
     ] {
         for (rows, cols) in shapes {
-            let rb = ty.row_bytes(cols).expect("cols");
+            let Some(rb) = ty.row_bytes(cols) else {
+                continue; // 576 is not a whole number of K-quant blocks
+            };
             // Pseudo-random quants with small positive f16 scales (0x2000 ≈ 0.0078): Q4_0/Q8_0
-            // have one at byte 0, Q4_K two (d, dmin) at bytes 0 and 2, Q6_K one at byte 208.
+            // have one at byte 0, Q4_1 and Q4_K two (d and m or dmin) at bytes 0 and 2, Q6_K one
+            // at byte 208.
             let (at, len) = match ty {
-                QuantType::Q4_K => (0, 4),
+                QuantType::Q4_K | QuantType::Q4_1 => (0, 4),
                 QuantType::Q6_K => (208, 2),
                 _ => (0, 2),
             };

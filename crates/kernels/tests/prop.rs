@@ -142,10 +142,16 @@ fn reference(ty: QuantType, row: &[u8], x: &[f32]) -> f32 {
 
 /// `rows` rows of `blocks` random blocks each, and `n` activation rows.
 fn case(ty: QuantType) -> impl Strategy<Value = (Vec<u8>, usize, usize, Vec<f32>)> {
-    let max_blocks: usize = if ty.block_elems() == 32 { 64 } else { 4 };
-    // Up to 11 weight rows and 9 input rows: the prompt kernels' tiles (4 rows × 2 pairs of
-    // input rows, see x86_vnni) with every kind of remainder, an odd last input row included.
-    (1..=max_blocks, 1usize..12, 1usize..10).prop_flat_map(move |(blocks, rows, n)| {
+    let (max_blocks, max_rows): (usize, usize) = if ty.block_elems() == 32 {
+        (64, 40)
+    } else {
+        (4, 12)
+    };
+    // Up to 39 (K-quants: 11) weight rows and 9 input rows: the AVX-512 prompt kernels' tiles
+    // (4 or 2 weight rows × 3 pairs of input rows, Q4_1's groups of 16 rows × 8 input rows,
+    // one-row pairs of 8 rows; see x86_vnni) with every kind of remainder, an odd last input
+    // row included.
+    (1..=max_blocks, 1..max_rows, 1usize..10).prop_flat_map(move |(blocks, rows, n)| {
         let cols = blocks * ty.block_elems();
         let block = if ty.block_elems() == 32 {
             block32(ty).boxed()
@@ -215,6 +221,7 @@ proptest! {
     fn vnni_prompt_kernels_equal_avx2_bit_for_bit(
         (ty, (w, rows, cols, x)) in prop_oneof![
             case(QuantType::Q4_0).prop_map(|c| (QuantType::Q4_0, c)),
+            case(QuantType::Q4_1).prop_map(|c| (QuantType::Q4_1, c)),
             case(QuantType::Q8_0).prop_map(|c| (QuantType::Q8_0, c)),
             case(QuantType::Q4_K).prop_map(|c| (QuantType::Q4_K, c)),
             case(QuantType::Q6_K).prop_map(|c| (QuantType::Q6_K, c)),

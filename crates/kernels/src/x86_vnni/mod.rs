@@ -1,5 +1,6 @@
-//! AVX-512 VNNI kernels for prompts (two or more input rows) of Q4_0, Q8_0, Q4_K and Q6_K;
-//! chosen at run time by [`available`]. Everything else (one-row mat-vecs, the other types) runs the AVX2
+//! AVX-512 VNNI kernels for prompts (two or more input rows) of Q4_0, Q4_1, Q8_0, Q4_K and
+//! Q6_K, and for one-row Q4_0 and Q8_0; chosen at run time by [`available`]. Q4_1 has its own
+//! layout ([`q4_1`]); the rest is below. Everything else (one-row mat-vecs, the other types) runs the AVX2
 //! kernels of [`crate::x86`].
 //!
 //! A prompt multiplies every weight row with many activation rows, so the work is tiled: [`RM`]
@@ -70,6 +71,22 @@ pub(crate) fn pairs_weight_rows(ty: QuantType) -> bool {
 pub(crate) fn rows(ty: QuantType, w: &[u8], acts: &Acts, out: &mut [f32]) {
     assert!(available(), "AVX-512 VNNI kernels on a CPU without them");
     match acts {
+        Acts::Q8 {
+            blocks,
+            per_row,
+            d,
+            s,
+            ..
+        } if ty == QuantType::Q4_1 && blocks.len() >= 2 * per_row => {
+            let row_bytes = per_row * ty.block_bytes();
+            let n = blocks.len() / per_row;
+            assert!(w.len().is_multiple_of(row_bytes) && *per_row > 0);
+            assert_eq!(out.len(), w.len() / row_bytes * n);
+            assert!(d.len() == blocks.len() && s.len() == blocks.len());
+            // SAFETY: the features were detected just above and the sizes checked.
+            let done = unsafe { q4_1::rows_q4_1(w, blocks, d, s, *per_row, out) };
+            crate::x86::rows(ty, &w[done * row_bytes..], acts, &mut out[done * n..]);
+        }
         Acts::Q8 {
             blocks,
             per_row,
@@ -170,6 +187,7 @@ macro_rules! tiles {
 }
 
 mod k;
+mod q4_1;
 mod q8;
 
 /// Writes a tile's sums: `acc[i][j]` holds weight row `r0 + i` against input rows
