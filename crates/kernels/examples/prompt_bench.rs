@@ -1,4 +1,4 @@
-//! Prompt (mat-mat) throughput of each x86 engine (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) on the shapes of a 1.1B llama, the input
+//! Prompt (mat-mat) throughput of each x86 engine (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K) on the shapes of a 1.1B llama, the input
 //! being a 64-token prompt: the AVX2 kernels (the baseline, measured in the same run) against
 //! the AVX-512 VNNI tiled ones, where the CPU has them.
 //!
@@ -35,6 +35,7 @@ fn main() {
         QuantType::Q4_1,
         QuantType::Q8_0,
         QuantType::Q4_K,
+        QuantType::Q5_K,
         QuantType::Q6_K,
     ] {
         for (rows, cols) in shapes {
@@ -42,10 +43,10 @@ fn main() {
                 continue; // 576 is not a whole number of K-quant blocks
             };
             // Pseudo-random quants with small positive f16 scales (0x2000 ≈ 0.0078): Q4_0/Q8_0
-            // have one at byte 0, Q4_1 and Q4_K two (d and m or dmin) at bytes 0 and 2, Q6_K one
+            // have one at byte 0, Q4_1, Q4_K and Q5_K two (d and m or dmin) at bytes 0 and 2, Q6_K one
             // at byte 208.
             let (at, len) = match ty {
-                QuantType::Q4_K | QuantType::Q4_1 => (0, 4),
+                QuantType::Q4_K | QuantType::Q5_K | QuantType::Q4_1 => (0, 4),
                 QuantType::Q6_K => (208, 2),
                 _ => (0, 2),
             };

@@ -224,6 +224,7 @@ proptest! {
             case(QuantType::Q4_1).prop_map(|c| (QuantType::Q4_1, c)),
             case(QuantType::Q8_0).prop_map(|c| (QuantType::Q8_0, c)),
             case(QuantType::Q4_K).prop_map(|c| (QuantType::Q4_K, c)),
+            case(QuantType::Q5_K).prop_map(|c| (QuantType::Q5_K, c)),
             case(QuantType::Q6_K).prop_map(|c| (QuantType::Q6_K, c)),
         ],
         threads in 1usize..4,

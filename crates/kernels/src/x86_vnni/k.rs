@@ -1,4 +1,4 @@
-//! The Q4_K and Q6_K prompt tiles (see the module above for how they follow the AVX2
+//! The Q4_K, Q5_K and Q6_K prompt tiles (see the module above for how they follow the AVX2
 //! kernels).
 
 #![allow(unsafe_code)]
@@ -7,24 +7,32 @@ use super::{PANEL_ROWS, RM_K, RN, halves, hsum4, store};
 use crate::act::Q8KPair;
 use std::arch::x86_64::*;
 
-/// All Q4_K weight rows of `w` against all pairs.
+/// All Q4_K (`B` = 144) or Q5_K (`B` = 176) weight rows of `w` against all pairs.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-pub(super) fn tiled_q4_k(w: &[u8], pairs: &[Q8KPair], per_row: usize, n: usize, out: &mut [f32]) {
-    let (blocks, _) = w.as_chunks::<144>();
+pub(super) fn tiled_k4<const B: usize>(
+    w: &[u8],
+    pairs: &[Q8KPair],
+    per_row: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    let (blocks, _) = w.as_chunks::<B>();
     tiles!(
         blocks.len() / per_row,
         pairs.len() / per_row,
         RM_K,
         RN,
-        |r, p, M, N| tile_q4_k::<M, N>(blocks, r, pairs, p, per_row, n, out)
+        |r, p, M, N| tile_k4::<B, M, N>(blocks, r, pairs, p, per_row, n, out)
     );
 }
 
-/// Q4_K weight rows `r0..r0 + M` × activation pairs `p0..p0 + N` (see the module doc).
+/// Q4_K or Q5_K weight rows `r0..r0 + M` × activation pairs `p0..p0 + N` (see the module
+/// doc). They differ in Q5_K's fifth bit (bit `s` of each `qh` byte for sub-block `s`, moved to
+/// bit 4) and its minimum term, which the AVX2 kernel sums as one scalar per block.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-pub(super) fn tile_q4_k<const M: usize, const N: usize>(
-    blocks: &[[u8; 144]],
+pub(super) fn tile_k4<const B: usize, const M: usize, const N: usize>(
+    blocks: &[[u8; B]],
     r0: usize,
     pairs: &[Q8KPair],
     p0: usize,
@@ -32,8 +40,13 @@ pub(super) fn tile_q4_k<const M: usize, const N: usize>(
     n: usize,
     out: &mut [f32],
 ) {
+    let q5 = B == 176;
+    assert!(B == 144 || q5);
+    let qs_at = if q5 { 48 } else { 16 };
     let m4 = _mm512_set1_epi8(0x0f);
     let mut acc = [[_mm512_setzero_ps(); N]; M];
+    // Q4_K: the 4-lane minimum accumulator of each row, side by side; Q5_K: the scalar sum
+    // in lanes 0 and 4.
     let mut acc_m = [[_mm256_setzero_ps(); N]; M];
     let ws = &blocks[r0 * per_row..(r0 + M) * per_row];
     let ys = &pairs[p0 * per_row..(p0 + N) * per_row];
@@ -55,15 +68,25 @@ pub(super) fn tile_q4_k<const M: usize, const N: usize>(
             }
             for i in 0..M {
                 let blk = &ws[i * per_row + b];
-                // Sub-blocks 2k and 2k + 1 are the low and high nibbles of bytes 16 + 32k..
-                // SAFETY: 32 bytes at 16 + 32·(s / 2) ≤ 112 of a 144-byte block.
-                let q = unsafe { _mm256_loadu_si256(blk.as_ptr().add(16 + 32 * (s / 2)).cast()) };
+                // Sub-blocks 2k and 2k + 1 are the low and high nibbles of bytes qs_at + 32k..
+                assert!(qs_at + 32 * 4 <= B);
+                // SAFETY: 32 bytes at qs_at + 32·(s / 2) ≤ B − 32 (asserted).
+                let q =
+                    unsafe { _mm256_loadu_si256(blk.as_ptr().add(qs_at + 32 * (s / 2)).cast()) };
                 let q = _mm512_broadcast_i64x4(q);
-                let q = if s % 2 == 0 {
+                let mut q = if s % 2 == 0 {
                     _mm512_and_si512(q, m4)
                 } else {
                     _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4)
                 };
+                if q5 {
+                    // SAFETY: the 32 `qh` bytes at 16..48 of a 176-byte block.
+                    let hb = unsafe { _mm256_loadu_si256(blk.as_ptr().add(16).cast()) };
+                    let bit =
+                        _mm512_srl_epi16(_mm512_broadcast_i64x4(hb), _mm_cvtsi32_si128(s as i32));
+                    let high = _mm512_and_si512(bit, _mm512_set1_epi8(1));
+                    q = _mm512_add_epi8(q, _mm512_slli_epi16::<4>(high));
+                }
                 let scale = _mm512_set1_epi16(sc[i]);
                 for (j, y) in y.iter().enumerate() {
                     let pairs16 = _mm512_maddubs_epi16(q, *y);
@@ -89,8 +112,18 @@ pub(super) fn tile_q4_k<const M: usize, const N: usize>(
                         _mm256_load_ps(y.neg_d4.as_ptr()),
                     )
                 };
-                let min_prod = _mm256_cvtepi32_ps(_mm256_madd_epi16(mins, sub_sums));
-                acc_m[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(dmin, neg_d4), min_prod, acc_m[i][j]);
+                let min_prod = _mm256_madd_epi16(mins, sub_sums);
+                let scale_m = _mm256_mul_ps(dmin, neg_d4);
+                acc_m[i][j] = if q5 {
+                    // Each half's 4 lanes summed into its lane 0, times dmin, then added.
+                    let zero = _mm256_setzero_si256();
+                    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(min_prod, zero), zero);
+                    let term = _mm256_mul_ps(scale_m, _mm256_cvtepi32_ps(h));
+                    _mm256_add_ps(acc_m[i][j], term)
+                } else {
+                    let min_prod = _mm256_cvtepi32_ps(min_prod);
+                    _mm256_fmadd_ps(scale_m, min_prod, acc_m[i][j])
+                };
                 let sumf = _mm512_cvtepi32_ps(sumi[i][j]);
                 acc[i][j] = _mm512_fmadd_ps(_mm512_mul_ps(d, yd), sumf, acc[i][j]);
             }
@@ -101,10 +134,18 @@ pub(super) fn tile_q4_k<const M: usize, const N: usize>(
         for j in 0..N {
             let t = 2 * (p0 + j);
             let (lo, hi) = halves(acc[i][j]);
-            let m = acc_m[i][j];
-            row[t] = crate::x86::hsum(lo) + hsum4(_mm256_castps256_ps128(m));
+            let (m_lo, m_hi) = (
+                _mm256_castps256_ps128(acc_m[i][j]),
+                _mm256_extractf128_ps::<1>(acc_m[i][j]),
+            );
+            let (m_lo, m_hi) = if q5 {
+                (_mm_cvtss_f32(m_lo), _mm_cvtss_f32(m_hi))
+            } else {
+                (hsum4(m_lo), hsum4(m_hi))
+            };
+            row[t] = crate::x86::hsum(lo) + m_lo;
             if let Some(v) = row.get_mut(t + 1) {
-                *v = crate::x86::hsum(hi) + hsum4(_mm256_extractf128_ps::<1>(m));
+                *v = crate::x86::hsum(hi) + m_hi;
             }
         }
     }

@@ -1,5 +1,5 @@
-//! AVX-512 VNNI kernels for prompts (two or more input rows) of Q4_0, Q4_1, Q8_0, Q4_K and
-//! Q6_K, and for one-row Q4_0 and Q8_0; chosen at run time by [`available`]. Q4_1 has its own
+//! AVX-512 VNNI kernels for prompts (two or more input rows) of Q4_0, Q4_1, Q8_0, Q4_K, Q5_K
+//! and Q6_K, and for one-row Q4_0 and Q8_0; chosen at run time by [`available`]. Q4_1 has its own
 //! layout ([`q4_1`]); the rest is below. Everything else (one-row mat-vecs, the other types) runs the AVX2
 //! kernels of [`crate::x86`].
 //!
@@ -18,7 +18,7 @@
 //! order, the same horizontal sum), so results equal the AVX2 path's — and candle's — bit for
 //! bit.
 //!
-//! Q4_K ([`k::tile_q4_k`]) follows the AVX2 kernel of [`crate::x86_k`] step by step on 512 bits:
+//! Q4_K ([`k::tile_k4`]) follows the AVX2 kernel of [`crate::x86_k`] step by step on 512 bits:
 //! `vpmaddubsw` pairs, then `vpdpwssd` applies the sub-block scale and accumulates (AVX2's
 //! `vpmaddwd` + add), one FMA per super-block with `d_w·d_y`, and the minimum term in its own
 //! 4-lane accumulator per row — again the same integers and the same `f32` steps. Q6_K
@@ -53,7 +53,7 @@ pub(crate) fn available() -> bool {
 pub(crate) fn tiles(ty: QuantType) -> bool {
     matches!(
         ty,
-        QuantType::Q4_0 | QuantType::Q8_0 | QuantType::Q4_K | QuantType::Q6_K
+        QuantType::Q4_0 | QuantType::Q8_0 | QuantType::Q4_K | QuantType::Q5_K | QuantType::Q6_K
     )
 }
 
@@ -120,10 +120,10 @@ pub(crate) fn rows(ty: QuantType, w: &[u8], acts: &Acts, out: &mut [f32]) {
             assert_eq!(pairs.len(), n.div_ceil(2) * per_row);
             // SAFETY: the features the kernels enable were detected just above.
             unsafe {
-                if ty == QuantType::Q4_K {
-                    k::tiled_q4_k(w, pairs, *per_row, n, out)
-                } else {
-                    k::tiled_q6_k(w, pairs, *per_row, n, out)
+                match ty {
+                    QuantType::Q4_K => k::tiled_k4::<144>(w, pairs, *per_row, n, out),
+                    QuantType::Q5_K => k::tiled_k4::<176>(w, pairs, *per_row, n, out),
+                    _ => k::tiled_q6_k(w, pairs, *per_row, n, out),
                 }
             }
         }
