@@ -70,8 +70,8 @@ pub enum Isa {
     Scalar,
     /// x86-64 with AVX2, FMA and F16C.
     Avx2,
-    /// x86-64 with AVX-512 F/BW and VNNI on top of [`Isa::Avx2`]: prompts of Q4_0, Q8_0, Q4_K and Q6_K run
-    /// tiled VNNI kernels (the same results bit for bit), everything else the AVX2 kernels.
+    /// x86-64 with AVX-512 F/BW and VNNI on top of [`Isa::Avx2`]: prompts of every type and
+    /// one-row Q4_0 run VNNI kernels (the same results bit for bit), the rest the AVX2 ones.
     Avx512Vnni,
     /// aarch64 NEON (untested on this project's CI: no ARM machine).
     Neon,

@@ -6,15 +6,17 @@
 //!   [`Q8KBlock`] for the K-quants), then every weight row is an integer dot product with it.
 //! - [`Isa`]: a scalar reference ([`scalar`]) on every CPU; AVX2+FMA+F16C on x86-64 (Q4_0,
 //!   Q4_1, Q8_0, Q4_K, Q5_K, Q6_K) and NEON on aarch64 (Q4_0, Q4_1, Q8_0; untested here), chosen at
-//!   run time; with AVX-512 VNNI, prompts of Q4_0, Q8_0, Q4_K and Q6_K run tiled kernels (several weight
-//!   rows × several input rows per pass, bit-identical to the AVX2 ones).
+//!   run time; with AVX-512 VNNI, prompts of all six types and one-row Q4_0 run kernels that
+//!   share each weight block among several input rows (or two weight rows per vector), with
+//!   the AVX2 kernels' results bit for bit.
 //! - [`Engine`]: the instruction set plus a persistent [`Pool`] of `threads − 1` workers and
 //!   the caller; [`Engine::global`] uses [`default_threads`] (`RAYON_NUM_THREADS`, else the
 //!   available cores), so the pool is never larger than what `--threads` asked for.
 //!
 //! The only crate of the workspace with `unsafe`: SIMD intrinsics (loads and stores through
-//! pointers, calling `#[target_feature]` functions after run-time detection) in the `x86` and
-//! `neon` modules, and erasing a job's lifetime in [`Pool`]. Every block says why it is sound.
+//! pointers, calling `#[target_feature]` functions after run-time detection) in the `x86`,
+//! `x86_k`, `x86_vnni` and `neon` modules, and erasing a job's lifetime in [`Pool`]. Every
+//! block says why it is sound.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod act;

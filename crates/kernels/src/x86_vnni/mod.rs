@@ -1,7 +1,7 @@
 //! AVX-512 VNNI kernels for prompts (two or more input rows) of Q4_0, Q4_1, Q8_0, Q4_K, Q5_K
-//! and Q6_K, and for one-row Q4_0 and Q8_0; chosen at run time by [`available`]. Q4_1 has its own
-//! layout ([`q4_1`]); the rest is below. Everything else (one-row mat-vecs, the other types) runs the AVX2
-//! kernels of [`crate::x86`].
+//! and Q6_K, and for one-row Q4_0; chosen at run time by [`available`]. Q4_1 has its own
+//! layout ([`q4_1`]); the rest is below. Everything else (one-row mat-vecs of the other types)
+//! runs the AVX2 kernels of [`crate::x86`].
 //!
 //! A prompt multiplies every weight row with many activation rows, so the work is tiled: [`RM`]
 //! weight rows × [`RN`] pairs of activation rows, accumulated in registers over the row's
@@ -57,9 +57,11 @@ pub(crate) fn tiles(ty: QuantType) -> bool {
     )
 }
 
-/// True when one activation row against `ty` runs [`q8::row_pairs`] here.
+/// True when one activation row against `ty` runs [`q8::row_pairs`] here: Q4_0, whose decode
+/// is compute-bound (1.15–1.3× the AVX2 kernel). Q8_0 stays on AVX2: its decode is bound by
+/// memory, and the pairs made the default model's 49152-row Q8_0 head ~3% slower end to end.
 pub(crate) fn pairs_weight_rows(ty: QuantType) -> bool {
-    matches!(ty, QuantType::Q4_0 | QuantType::Q8_0)
+    ty == QuantType::Q4_0
 }
 
 /// `out[r·n + t] = dot(weight row r, activation row t)` for the rows in `w`: tiled when the
@@ -101,8 +103,8 @@ pub(crate) fn rows(ty: QuantType, w: &[u8], acts: &Acts, out: &mut [f32]) {
             // SAFETY: the features the kernels enable were detected just above.
             unsafe {
                 match (ty, n) {
-                    (QuantType::Q4_0, 1) => q8::row_pairs::<18>(w, pairs, *per_row, out),
-                    (QuantType::Q8_0, 1) => q8::row_pairs::<34>(w, pairs, *per_row, out),
+                    (QuantType::Q4_0, 1) => q8::row_pairs(w, pairs, *per_row, out),
+                    (_, 1) => crate::x86::rows(ty, w, acts, out),
                     (QuantType::Q4_0, _) => q8::tiled::<18>(w, pairs, *per_row, n, out),
                     _ => q8::tiled::<34>(w, pairs, *per_row, n, out),
                 }

@@ -1,5 +1,5 @@
-//! The Q4_0 and Q8_0 kernels: prompt tiles and one-row weight-row pairs (see the module
-//! above for the lane layout).
+//! The Q4_0 and Q8_0 prompt tiles and the one-row Q4_0 weight-row pairs (see the module above
+//! for the lane layout).
 
 #![allow(unsafe_code)]
 
@@ -77,18 +77,13 @@ fn tile<const B: usize, const M: usize, const N: usize>(
 /// Weight row pairs per step of [`row_pairs`] (they share each activation block load).
 const ROW_PAIRS: usize = 4;
 
-/// One activation row (paired with itself: `y | y`) against the weight rows of `w`, two rows
+/// One activation row (paired with itself: `y | y`) against the Q4_0 weight rows of `w`, two rows
 /// per 512-bit vector (row `r` in the low half, `r + 1` in the high half): the lanes hold the
 /// AVX2 kernel's integers, so the results are its results bit for bit. An odd last row is
 /// paired with itself.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-pub(super) fn row_pairs<const B: usize>(
-    w: &[u8],
-    pairs: &[Q8Pair],
-    per_row: usize,
-    out: &mut [f32],
-) {
-    let (blocks, _) = w.as_chunks::<B>();
+pub(super) fn row_pairs(w: &[u8], pairs: &[Q8Pair], per_row: usize, out: &mut [f32]) {
+    let (blocks, _) = w.as_chunks::<18>();
     let count = blocks.len() / per_row;
     // (A closure of plain slicing: no SIMD in it, so not being inlined would cost nothing.)
     let row = |i: usize| &blocks[i * per_row..(i + 1) * per_row];
@@ -122,8 +117,8 @@ pub(super) fn row_pairs<const B: usize>(
 /// `ahead` (the next rows) is prefetched a slice per block.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-fn row_pair_step<const B: usize, const P: usize>(
-    rows: &[[&[[u8; B]]; 2]; P],
+fn row_pair_step<const P: usize>(
+    rows: &[[&[[u8; 18]]; 2]; P],
     pairs: &[Q8Pair],
     ahead: &[u8],
     sums: &mut [[f32; 2]; P],
@@ -152,11 +147,8 @@ fn row_pair_step<const B: usize, const P: usize>(
                 _mm512_load_si512(y.neg_sums.as_ptr().cast()),
             )
         };
-        let init = if B == 18 {
-            _mm512_slli_epi32::<3>(neg)
-        } else {
-            _mm512_slli_epi32::<7>(neg)
-        };
+        // −8 · Σy per lane (Q4_0's offset).
+        let init = _mm512_slli_epi32::<3>(neg);
         for (acc, [lo, hi]) in acc.iter_mut().zip(rows) {
             let (lo, hi) = (&lo[b], &hi[b]);
             let scales = u32::from(u16::from_le_bytes([lo[0], lo[1]]))
@@ -173,36 +165,23 @@ fn row_pair_step<const B: usize, const P: usize>(
     }
 }
 
-/// Two weight blocks' quants as unsigned bytes (see [`weight_bytes`]): `lo`'s in the low
-/// 256 bits, `hi`'s in the high.
+/// Two Q4_0 blocks' nibbles as unsigned bytes (see [`weight_bytes`]): `lo`'s in the low 256
+/// bits, `hi`'s in the high.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-fn two_weight_blocks<const B: usize>(lo: &[u8; B], hi: &[u8; B]) -> __m512i {
-    if B == 18 {
-        // SAFETY: bytes 2..18 of 18-byte blocks; unaligned loads.
-        let (a, b) = unsafe {
-            (
-                _mm256_broadcastsi128_si256(_mm_loadu_si128(lo.as_ptr().add(2).cast())),
-                _mm256_broadcastsi128_si256(_mm_loadu_si128(hi.as_ptr().add(2).cast())),
-            )
-        };
-        let both = _mm512_srlv_epi64(
-            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b),
-            _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4),
-        );
-        _mm512_and_si512(both, _mm512_set1_epi8(0x0f))
-    } else {
-        assert!(B >= 34);
-        // SAFETY: bytes 2..34 of blocks of at least 34 bytes (asserted); unaligned loads.
-        let (a, b) = unsafe {
-            (
-                _mm256_loadu_si256(lo.as_ptr().add(2).cast()),
-                _mm256_loadu_si256(hi.as_ptr().add(2).cast()),
-            )
-        };
-        let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b);
-        _mm512_xor_si512(v, _mm512_set1_epi8(i8::MIN))
-    }
+fn two_weight_blocks(lo: &[u8; 18], hi: &[u8; 18]) -> __m512i {
+    // SAFETY: bytes 2..18 of 18-byte blocks; unaligned loads.
+    let (a, b) = unsafe {
+        (
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(lo.as_ptr().add(2).cast())),
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(hi.as_ptr().add(2).cast())),
+        )
+    };
+    let both = _mm512_srlv_epi64(
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b),
+        _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4),
+    );
+    _mm512_and_si512(both, _mm512_set1_epi8(0x0f))
 }
 
 /// One weight block's 32 quants as unsigned bytes, in both 256-bit halves: Q4_0's nibbles
