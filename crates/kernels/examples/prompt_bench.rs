@@ -30,14 +30,7 @@ fn main() {
         eprintln!("no x86 SIMD engine on this CPU");
         return;
     }
-    for ty in [
-        QuantType::Q4_0,
-        QuantType::Q4_1,
-        QuantType::Q8_0,
-        QuantType::Q4_K,
-        QuantType::Q5_K,
-        QuantType::Q6_K,
-    ] {
+    for ty in QuantType::ALL {
         for (rows, cols) in shapes {
             let Some(rb) = ty.row_bytes(cols) else {
                 continue; // 576 is not a whole number of K-quant blocks
