@@ -358,12 +358,7 @@ impl Engine {
         }
         if n > 1 {
             for (t, out) in scratch.iter().zip(outs.iter_mut()) {
-                let rows = t.len() / n;
-                for (r, vals) in t.chunks_exact(n).enumerate() {
-                    for (i, v) in vals.iter().enumerate() {
-                        out[i * rows + r] = *v;
-                    }
-                }
+                transpose(t, n, out);
             }
         }
         Ok(())
@@ -428,6 +423,23 @@ impl Engine {
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => crate::neon::rows(ty, w, acts, out),
             _ => scalar_rows(ty, w, acts, out),
+        }
+    }
+}
+
+/// `out` (`[n, rows]`) = the transpose of `t` (`[rows, n]`), in blocks of rows so that both
+/// sides stay in cache (a plain loop writes `out` with a stride of `rows` values: it took a
+/// tenth of a 1.1B model's prefill).
+fn transpose(t: &[f32], n: usize, out: &mut [f32]) {
+    const BLOCK: usize = 16;
+    let rows = t.len() / n;
+    for (b, block) in t.chunks(BLOCK * n).enumerate() {
+        let r0 = b * BLOCK;
+        let width = block.len() / n;
+        for (i, dst) in out.chunks_exact_mut(rows).enumerate() {
+            for (k, v) in dst[r0..r0 + width].iter_mut().enumerate() {
+                *v = block[k * n + i];
+            }
         }
     }
 }
