@@ -246,6 +246,43 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// On every SIMD engine here, a prompt (several input rows at once: the tiled kernels)
+    /// computes exactly what those rows give one at a time (the decode path), bit for bit.
+    #[test]
+    fn prompt_rows_equal_one_row_at_a_time(
+        (ty, (w, rows, cols, x)) in prop_oneof![
+            case(QuantType::Q4_0).prop_map(|c| (QuantType::Q4_0, c)),
+            case(QuantType::Q4_1).prop_map(|c| (QuantType::Q4_1, c)),
+            case(QuantType::Q8_0).prop_map(|c| (QuantType::Q8_0, c)),
+            case(QuantType::Q4_K).prop_map(|c| (QuantType::Q4_K, c)),
+            case(QuantType::Q5_K).prop_map(|c| (QuantType::Q5_K, c)),
+            case(QuantType::Q6_K).prop_map(|c| (QuantType::Q6_K, c)),
+        ],
+        threads in 1usize..4,
+    ) {
+        let n = x.len() / cols;
+        for isa in [Isa::Avx2, Isa::Avx512Vnni, Isa::Neon] {
+            if !isa.is_available() {
+                continue;
+            }
+            let engine = Engine::new(isa, threads).unwrap();
+            let mut all = vec![0f32; n * rows];
+            engine.matmul(ty, &w, rows, cols, &x, &mut all).unwrap();
+            for (t, xt) in x.chunks(cols).enumerate() {
+                let mut one = vec![0f32; rows];
+                engine.matvec(ty, &w, rows, cols, xt, &mut one).unwrap();
+                for (r, v) in one.iter().enumerate() {
+                    let got = all[t * rows + r];
+                    prop_assert_eq!(got.to_bits(), v.to_bits(),
+                        "{:?} {:?} row {} input {}: {} vs {}", isa, ty, r, t, got, v);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn rows_split_across_threads_equal_one_thread() {
     // Large enough to go through the pool (> 64 KiB of weights), with a ragged last chunk.
