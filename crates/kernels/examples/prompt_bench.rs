@@ -22,7 +22,7 @@ fn main() {
         (1536, 576),
         (576, 1536),
     ];
-    let isas: Vec<Isa> = [Isa::Avx2, Isa::Avx512Vnni]
+    let isas: Vec<Isa> = [Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni]
         .into_iter()
         .filter(|i| i.is_available())
         .collect();

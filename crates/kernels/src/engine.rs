@@ -68,8 +68,11 @@ struct Chunk<'w, 'o> {
 pub enum Isa {
     /// The portable reference (any CPU).
     Scalar,
-    /// x86-64 with AVX2, FMA and F16C.
+    /// x86-64 with AVX2, FMA and F16C (prompts of Q4_0, Q8_0 and Q4_K in tiles).
     Avx2,
+    /// [`Isa::Avx2`] plus AVX-VNNI (256-bit `vpdpbusd`; Intel since Alder Lake): its prompt
+    /// tiles use it.
+    AvxVnni,
     /// x86-64 with AVX-512 F/BW and VNNI on top of [`Isa::Avx2`]: prompts of every type and
     /// one-row Q4_0 run VNNI kernels (the same results bit for bit), the rest the AVX2 ones.
     Avx512Vnni,
@@ -80,7 +83,7 @@ pub enum Isa {
 impl Isa {
     /// The best instruction set this CPU has.
     pub fn detect() -> Isa {
-        [Isa::Avx512Vnni, Isa::Avx2, Isa::Neon]
+        [Isa::Avx512Vnni, Isa::AvxVnni, Isa::Avx2, Isa::Neon]
             .into_iter()
             .find(|isa| isa.is_available())
             .unwrap_or(Isa::Scalar)
@@ -92,6 +95,8 @@ impl Isa {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => crate::x86::available(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni => crate::x86::available() && is_x86_feature_detected!("avxvnni"),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => crate::x86_vnni::available(),
             #[cfg(target_arch = "aarch64")]
@@ -107,7 +112,7 @@ impl Isa {
         match self {
             Isa::Scalar => false,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512Vnni => crate::x86::accelerates(ty),
+            Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => crate::x86::accelerates(ty),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => crate::neon::accelerates(ty),
             #[allow(unreachable_patterns)]
@@ -390,6 +395,10 @@ impl Engine {
     /// True when `n` input rows against `ws` take the paired-row (tiled) kernels.
     fn pairs_rows(&self, n: usize, ws: &[Weights<'_>]) -> bool {
         #[cfg(target_arch = "x86_64")]
+        if matches!(self.isa, Isa::Avx2 | Isa::AvxVnni) {
+            return n >= 2 && ws.iter().any(|w| crate::x86_tile::tiles(w.ty));
+        }
+        #[cfg(target_arch = "x86_64")]
         if self.isa == Isa::Avx512Vnni {
             return ws.iter().any(|w| {
                 if n >= 2 {
@@ -406,7 +415,7 @@ impl Engine {
     fn quantize(&self, x: &[f32], acts: &mut Acts) {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512Vnni => crate::x86::quantize(x, acts),
+            Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => crate::x86::quantize(x, acts),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => crate::neon::quantize(x, acts),
             _ => crate::act::quantize_scalar(x, acts),
@@ -417,7 +426,9 @@ impl Engine {
     fn kernel(&self, ty: QuantType, w: &[u8], acts: &Acts, out: &mut [f32]) {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => crate::x86::rows(ty, w, acts, out),
+            Isa::Avx2 => crate::x86_tile::rows(false, ty, w, acts, out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni => crate::x86_tile::rows(true, ty, w, acts, out),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => crate::x86_vnni::rows(ty, w, acts, out),
             #[cfg(target_arch = "aarch64")]

@@ -6,16 +6,18 @@
 //!   [`Q8KBlock`] for the K-quants), then every weight row is an integer dot product with it.
 //! - [`Isa`]: a scalar reference ([`scalar`]) on every CPU; AVX2+FMA+F16C on x86-64 (Q4_0,
 //!   Q4_1, Q8_0, Q4_K, Q5_K, Q6_K) and NEON on aarch64 (Q4_0, Q4_1, Q8_0; untested here), chosen at
-//!   run time; with AVX-512 VNNI, prompts of all six types and one-row Q4_0 run kernels that
-//!   share each weight block among several input rows (or two weight rows per vector), with
-//!   the AVX2 kernels' results bit for bit.
+//!   run time. Prompts (several input rows) run tiles that unpack each weight block once for
+//!   several rows: on 256-bit vectors for Q4_0, Q8_0 and Q4_K (`x86_tile`; AVX2, or
+//!   AVX-VNNI where the CPU has it: [`Isa::AvxVnni`]), and with AVX-512 VNNI for all six types
+//!   plus one-row Q4_0 ([`Isa::Avx512Vnni`], `x86_vnni`). All of them give the per-row AVX2
+//!   kernels' results bit for bit.
 //! - [`Engine`]: the instruction set plus a persistent [`Pool`] of `threads − 1` workers and
 //!   the caller; [`Engine::global`] uses [`default_threads`] (`RAYON_NUM_THREADS`, else the
 //!   available cores), so the pool is never larger than what `--threads` asked for.
 //!
 //! The only crate of the workspace with `unsafe`: SIMD intrinsics (loads and stores through
 //! pointers, calling `#[target_feature]` functions after run-time detection) in the `x86`,
-//! `x86_k`, `x86_vnni` and `neon` modules, and erasing a job's lifetime in [`Pool`]. Every
+//! `x86_k`, `x86_tile`, `x86_vnni` and `neon` modules, and erasing a job's lifetime in [`Pool`]. Every
 //! block says why it is sound.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -31,6 +33,8 @@ mod neon;
 mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_k;
+#[cfg(target_arch = "x86_64")]
+mod x86_tile;
 #[cfg(target_arch = "x86_64")]
 mod x86_vnni;
 

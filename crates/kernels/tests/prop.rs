@@ -263,7 +263,7 @@ proptest! {
         threads in 1usize..4,
     ) {
         let n = x.len() / cols;
-        for isa in [Isa::Avx2, Isa::Avx512Vnni, Isa::Neon] {
+        for isa in [Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni, Isa::Neon] {
             if !isa.is_available() {
                 continue;
             }

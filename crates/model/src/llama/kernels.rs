@@ -9,8 +9,9 @@
 //!   `QMatMul`. Layers that read the same input (Q/K/V, gate/up) go through one pass of the
 //!   pool ([`QLinear::forward_many`]), prompts included ([`QLinear::runs_ours`]). On AVX2 the
 //!   results equal candle's one-row path bit for bit (and its several-row path for Q4_0, Q4_1
-//!   and Q8_0; for K-quant prompts candle's tiled kernels sum in another order). With AVX-512
-//!   VNNI, prompts of Q4_0, Q8_0, Q4_K and Q6_K run tiled kernels with the AVX2 path's results.
+//!   and Q8_0; for K-quant prompts candle's tiled kernels sum in another order). Prompts run
+//!   tiled kernels with the same results (AVX2 / AVX-VNNI: Q4_0, Q8_0, Q4_K; AVX-512 VNNI: all
+//!   six types).
 //! - Attention is candle tensor ops, except the softmax, which runs on the calling thread with
 //!   candle's arithmetic ([`softmax_last_dim`]) instead of a round trip to candle's rayon pool.
 //!
@@ -480,7 +481,7 @@ mod tests {
                     lin_ty(&lin),
                     QuantType::Q4_K | QuantType::Q5_K | QuantType::Q6_K
                 );
-                let simd = matches!(engine.0.isa(), Isa::Avx2 | Isa::Avx512Vnni);
+                let simd = matches!(engine.0.isa(), Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni);
                 if simd && engine.0.isa().accelerates(lin_ty(&lin)) && !k_quant {
                     // Same lane layout and f32 operation order as candle's AVX2 kernels.
                     let diff = (&got - &want)?.abs()?.flatten_all()?.max(0)?;
