@@ -68,7 +68,7 @@ struct Chunk<'w, 'o> {
 pub enum Isa {
     /// The portable reference (any CPU).
     Scalar,
-    /// x86-64 with AVX2, FMA and F16C (prompts of Q4_0, Q8_0 and Q4_K in tiles).
+    /// x86-64 with AVX2, FMA and F16C (prompts in tiles of several weight and input rows).
     Avx2,
     /// [`Isa::Avx2`] plus AVX-VNNI (256-bit `vpdpbusd`; Intel since Alder Lake): its prompt
     /// tiles use it.

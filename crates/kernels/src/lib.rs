@@ -7,9 +7,9 @@
 //! - [`Isa`]: a scalar reference ([`scalar`]) on every CPU; AVX2+FMA+F16C on x86-64 (Q4_0,
 //!   Q4_1, Q8_0, Q4_K, Q5_K, Q6_K) and NEON on aarch64 (Q4_0, Q4_1, Q8_0; untested here), chosen at
 //!   run time. Prompts (several input rows) run tiles that unpack each weight block once for
-//!   several rows: on 256-bit vectors for Q4_0, Q8_0 and Q4_K (`x86_tile`; AVX2, or
-//!   AVX-VNNI where the CPU has it: [`Isa::AvxVnni`]), and with AVX-512 VNNI for all six types
-//!   plus one-row Q4_0 ([`Isa::Avx512Vnni`], `x86_vnni`). All of them give the per-row AVX2
+//!   several rows, for all six types: on 256-bit vectors (`x86_tile`; AVX2, or AVX-VNNI where
+//!   the CPU has it: [`Isa::AvxVnni`]) or with AVX-512 VNNI ([`Isa::Avx512Vnni`], `x86_vnni`,
+//!   which also pairs weight rows for one-row Q4_0). All of them give the per-row AVX2
 //!   kernels' results bit for bit.
 //! - [`Engine`]: the instruction set plus a persistent [`Pool`] of `threads − 1` workers and
 //!   the caller; [`Engine::global`] uses [`default_threads`] (`RAYON_NUM_THREADS`, else the

@@ -10,8 +10,7 @@
 //!   pool ([`QLinear::forward_many`]), prompts included ([`QLinear::runs_ours`]). On AVX2 the
 //!   results equal candle's one-row path bit for bit (and its several-row path for Q4_0, Q4_1
 //!   and Q8_0; for K-quant prompts candle's tiled kernels sum in another order). Prompts run
-//!   tiled kernels with the same results (AVX2 / AVX-VNNI: Q4_0, Q8_0, Q4_K; AVX-512 VNNI: all
-//!   six types).
+//!   tiled kernels with the same results (AVX2, AVX-VNNI or AVX-512 VNNI).
 //! - Attention is candle tensor ops, except the softmax, which runs on the calling thread with
 //!   candle's arithmetic ([`softmax_last_dim`]) instead of a round trip to candle's rayon pool.
 //!
