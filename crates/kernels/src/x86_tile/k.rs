@@ -18,18 +18,25 @@ macro_rules! k_tiles {
             out: &mut [f32],
         ) {
             let (blocks, _) = w.as_chunks::<B>();
+            // Each block's unpacked scales, once: a tile would redo them for every input group.
+            let sms: Vec<[u8; 16]> = blocks
+                .iter()
+                .map(|b| crate::x86_k::scales_mins_k4(&b[4..16]))
+                .collect();
             row_tiles!(blocks.len() / per_row, n, RM_K, RN_K, |r, t, M, N| {
-                tile_k4::<B, M, N>(blocks, r, pairs, t, per_row, n, out)
+                tile_k4::<B, M, N>(blocks, &sms, r, pairs, t, per_row, n, out)
             });
         }
 
         /// Q4_K or Q5_K weight rows `r0..r0 + M` × input rows `t0..t0 + N`, as
         /// `crate::x86_k::dot_q4_k` / `dot_q5_k` compute each (Q5_K: the fifth bit from
         /// `qh`, and the minimum term summed as one scalar per block).
+        #[allow(clippy::too_many_arguments)]
         #[inline]
         #[target_feature(enable = $feat)]
         fn tile_k4<const B: usize, const M: usize, const N: usize>(
             blocks: &[[u8; B]],
+            sms: &[[u8; 16]],
             r0: usize,
             pairs: &[Q8KPair],
             t0: usize,
@@ -47,7 +54,7 @@ macro_rules! k_tiles {
             for b in 0..per_row {
                 let mut sm = [[0u8; 16]; M];
                 for (i, sm) in sm.iter_mut().enumerate() {
-                    *sm = crate::x86_k::scales_mins_k4(&blocks[(r0 + i) * per_row + b][4..16]);
+                    *sm = sms[(r0 + i) * per_row + b];
                 }
                 let mut sumi = [[_mm256_setzero_si256(); N]; M];
                 for s in 0..8 {

@@ -17,22 +17,29 @@ pub(super) fn tiled_k4<const B: usize>(
     out: &mut [f32],
 ) {
     let (blocks, _) = w.as_chunks::<B>();
+    // Each block's unpacked scales, once: a tile would redo them for every group of inputs.
+    let sms: Vec<[u8; 16]> = blocks
+        .iter()
+        .map(|b| crate::x86_k::scales_mins_k4(&b[4..16]))
+        .collect();
     tiles!(
         blocks.len() / per_row,
         pairs.len() / per_row,
         RM_K,
         RN,
-        |r, p, M, N| tile_k4::<B, M, N>(blocks, r, pairs, p, per_row, n, out)
+        |r, p, M, N| tile_k4::<B, M, N>(blocks, &sms, r, pairs, p, per_row, n, out)
     );
 }
 
 /// Q4_K or Q5_K weight rows `r0..r0 + M` × activation pairs `p0..p0 + N` (see the module
 /// doc). They differ in Q5_K's fifth bit (bit `s` of each `qh` byte for sub-block `s`, moved to
 /// bit 4) and its minimum term, which the AVX2 kernel sums as one scalar per block.
+#[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 pub(super) fn tile_k4<const B: usize, const M: usize, const N: usize>(
     blocks: &[[u8; B]],
+    sms: &[[u8; 16]],
     r0: usize,
     pairs: &[Q8KPair],
     p0: usize,
@@ -54,7 +61,7 @@ pub(super) fn tile_k4<const B: usize, const M: usize, const N: usize>(
         let mut sm = [[0u8; 16]; M];
         let mut sub_scales = [[0i16; M]; 8];
         for (i, sm) in sm.iter_mut().enumerate() {
-            *sm = crate::x86_k::scales_mins_k4(&ws[i * per_row + b][4..16]);
+            *sm = sms[(r0 + i) * per_row + b];
             for (s, sc) in sub_scales.iter_mut().enumerate() {
                 sc[i] = i16::from(sm[s]);
             }
