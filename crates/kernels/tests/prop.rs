@@ -167,6 +167,19 @@ fn case(ty: QuantType) -> impl Strategy<Value = (Vec<u8>, usize, usize, Vec<f32>
     })
 }
 
+/// A [`case`] of any of the six types, with its type.
+#[allow(clippy::type_complexity)]
+fn any_case() -> impl Strategy<Value = (QuantType, (Vec<u8>, usize, usize, Vec<f32>))> {
+    prop_oneof![
+        case(QuantType::Q4_0).prop_map(|c| (QuantType::Q4_0, c)),
+        case(QuantType::Q4_1).prop_map(|c| (QuantType::Q4_1, c)),
+        case(QuantType::Q8_0).prop_map(|c| (QuantType::Q8_0, c)),
+        case(QuantType::Q4_K).prop_map(|c| (QuantType::Q4_K, c)),
+        case(QuantType::Q5_K).prop_map(|c| (QuantType::Q5_K, c)),
+        case(QuantType::Q6_K).prop_map(|c| (QuantType::Q6_K, c)),
+    ]
+}
+
 fn check(ty: QuantType, w: &[u8], rows: usize, cols: usize, x: &[f32], threads: usize) {
     let engine = Engine::new(Isa::detect(), threads).unwrap();
     let n = x.len() / cols;
@@ -219,14 +232,7 @@ proptest! {
     /// integer lanes, the same `f32` steps; see x86_vnni) — skipped where the CPU has no VNNI.
     #[test]
     fn vnni_prompt_kernels_equal_avx2_bit_for_bit(
-        (ty, (w, rows, cols, x)) in prop_oneof![
-            case(QuantType::Q4_0).prop_map(|c| (QuantType::Q4_0, c)),
-            case(QuantType::Q4_1).prop_map(|c| (QuantType::Q4_1, c)),
-            case(QuantType::Q8_0).prop_map(|c| (QuantType::Q8_0, c)),
-            case(QuantType::Q4_K).prop_map(|c| (QuantType::Q4_K, c)),
-            case(QuantType::Q5_K).prop_map(|c| (QuantType::Q5_K, c)),
-            case(QuantType::Q6_K).prop_map(|c| (QuantType::Q6_K, c)),
-        ],
+        (ty, (w, rows, cols, x)) in any_case(),
         threads in 1usize..4,
     ) {
         prop_assume!(Isa::Avx512Vnni.is_available());
@@ -252,14 +258,7 @@ proptest! {
     /// computes exactly what those rows give one at a time (the decode path), bit for bit.
     #[test]
     fn prompt_rows_equal_one_row_at_a_time(
-        (ty, (w, rows, cols, x)) in prop_oneof![
-            case(QuantType::Q4_0).prop_map(|c| (QuantType::Q4_0, c)),
-            case(QuantType::Q4_1).prop_map(|c| (QuantType::Q4_1, c)),
-            case(QuantType::Q8_0).prop_map(|c| (QuantType::Q8_0, c)),
-            case(QuantType::Q4_K).prop_map(|c| (QuantType::Q4_K, c)),
-            case(QuantType::Q5_K).prop_map(|c| (QuantType::Q5_K, c)),
-            case(QuantType::Q6_K).prop_map(|c| (QuantType::Q6_K, c)),
-        ],
+        (ty, (w, rows, cols, x)) in any_case(),
         threads in 1usize..4,
     ) {
         let n = x.len() / cols;
