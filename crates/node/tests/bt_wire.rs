@@ -10,8 +10,8 @@ use anyhow::{Context, Result};
 use shardswarm_node::transfer::Rate;
 use shardswarm_node::{Event, ShardPolicy};
 use shardswarm_testkit::{
-    assert_same_files, node_config, server_config, wait_for, wait_loaded, within,
-    write_random_shards,
+    assert_same_files, corrupt_every_piece, node_config, server_config, wait_for, wait_loaded,
+    within, write_random_shards,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -38,18 +38,7 @@ async fn a_bittorrent_peer_serving_corrupt_blocks_is_banned_and_the_shard_comple
         .context("the liar has no BitTorrent listener")?;
     wait_loaded(&mut liar.events, 2, LIMIT).await?;
     // Flip one byte in every piece: its BitTorrent listener now serves corrupt blocks.
-    for s in &manifest.shards {
-        let path = tmp
-            .path()
-            .join("liar/models")
-            .join(&manifest.model_id)
-            .join(&s.filename);
-        let mut bytes = std::fs::read(&path)?;
-        for at in (0..bytes.len()).step_by(s.piece_length as usize) {
-            bytes[at] ^= 0xff;
-        }
-        std::fs::write(&path, bytes)?;
-    }
+    corrupt_every_piece(&manifest, &tmp.path().join("liar"))?;
 
     // The honest node takes nothing from the liar over libp2p (server only), everything else
     // it gets over the BitTorrent wire.

@@ -7,8 +7,8 @@ use anyhow::Result;
 use shardswarm_node::transfer::Rate;
 use shardswarm_node::{Event, ShardPolicy, Transports};
 use shardswarm_testkit::{
-    assert_same_files, node_config, server_config, wait_for, wait_loaded, within,
-    write_random_shards,
+    assert_same_files, corrupt_every_piece, node_config, server_config, wait_for, wait_loaded,
+    within, write_random_shards,
 };
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -106,18 +106,7 @@ async fn a_peer_serving_corrupt_pieces_is_banned_and_the_download_completes() ->
     .await?;
     wait_loaded(&mut liar.events, 4, LIMIT).await?;
     // Flip one byte in every piece of the liar's complete files: it now serves corrupt pieces.
-    for s in &manifest.shards {
-        let path = tmp
-            .path()
-            .join("liar/models")
-            .join(&manifest.model_id)
-            .join(&s.filename);
-        let mut bytes = std::fs::read(&path)?;
-        for at in (0..bytes.len()).step_by(s.piece_length as usize) {
-            bytes[at] ^= 0xff;
-        }
-        std::fs::write(&path, bytes)?;
-    }
+    corrupt_every_piece(&manifest, &tmp.path().join("liar"))?;
     let mut honest = shardswarm_node::start_node(node_config(
         tmp.path().join("honest"),
         addrs,

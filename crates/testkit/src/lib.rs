@@ -243,3 +243,20 @@ pub fn assert_same_files(manifest: &Manifest, shards_dir: &Path, node_dir: &Path
     }
     Ok(())
 }
+
+/// Flips the first byte of every piece of every shard of `manifest` under `node_dir`, so the
+/// node (already done verifying) serves corrupt pieces from then on.
+pub fn corrupt_every_piece(manifest: &Manifest, node_dir: &Path) -> Result<()> {
+    for s in &manifest.shards {
+        let path = node_dir
+            .join("models")
+            .join(&manifest.model_id)
+            .join(&s.filename);
+        let mut bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
+        for at in (0..bytes.len()).step_by(s.piece_length as usize) {
+            bytes[at] ^= 0xff;
+        }
+        std::fs::write(&path, bytes)?;
+    }
+    Ok(())
+}
