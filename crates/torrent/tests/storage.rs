@@ -4,37 +4,15 @@
 use std::fs;
 use std::path::Path;
 
-use sha1::{Digest, Sha1};
 use shardswarm_torrent::storage::{PieceStore, StorageError};
-use shardswarm_torrent::{Info, Metainfo};
 
-const PIECE: u64 = 16 * 1024;
+mod fixture;
+use fixture::{PIECE, meta, piece};
 
 fn data(len: usize, salt: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt) ^ (i >> 9) as u8)
         .collect()
-}
-
-fn meta(name: &str, bytes: &[u8]) -> Metainfo {
-    Metainfo {
-        info: Info {
-            name: name.to_owned(),
-            length: bytes.len() as u64,
-            piece_length: PIECE,
-            pieces: bytes
-                .chunks(PIECE as usize)
-                .map(|c| Sha1::digest(c).into())
-                .collect(),
-        },
-        announce: None,
-        created_by: None,
-    }
-}
-
-fn piece(bytes: &[u8], i: u32) -> &[u8] {
-    let start = i as usize * PIECE as usize;
-    &bytes[start..(start + PIECE as usize).min(bytes.len())]
 }
 
 /// Writes piece `i` in two blocks.

@@ -9,39 +9,19 @@ use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use sha1::{Digest, Sha1};
+use shardswarm_torrent::Metainfo;
 use shardswarm_torrent::storage::faults::{IoFaults, IoOp};
 use shardswarm_torrent::storage::{PieceStore, StorageError};
-use shardswarm_torrent::{Info, Metainfo};
 
-const PIECE: u64 = 16 * 1024;
+mod fixture;
+use fixture::{PIECE, piece};
+
 const ENOSPC: i32 = 28;
 
 fn data(len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(37) ^ (i >> 8) as u8)
         .collect()
-}
-
-fn meta(bytes: &[u8]) -> Metainfo {
-    Metainfo {
-        info: Info {
-            name: "shard-0.gguf".to_owned(),
-            length: bytes.len() as u64,
-            piece_length: PIECE,
-            pieces: bytes
-                .chunks(PIECE as usize)
-                .map(|c| Sha1::digest(c).into())
-                .collect(),
-        },
-        announce: None,
-        created_by: None,
-    }
-}
-
-fn piece(bytes: &[u8], i: u32) -> &[u8] {
-    let start = i as usize * PIECE as usize;
-    &bytes[start..(start + PIECE as usize).min(bytes.len())]
 }
 
 /// A disk that is full for the operations in `full`, and for block writes past `budget` bytes.
@@ -109,7 +89,7 @@ fn names(dir: &Path) -> Vec<String> {
 fn enospc_on_a_block_write_counts_nothing_and_the_piece_is_fetched_again_later() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = data(3 * PIECE as usize);
-    let m = meta(&bytes);
+    let m = fixture::meta("shard-0.gguf", &bytes);
     let (mut store, disk) = store_with(dir.path(), &m);
     let p0 = piece(&bytes, 0);
     // Room for half a piece.
@@ -141,7 +121,7 @@ fn enospc_on_a_block_write_counts_nothing_and_the_piece_is_fetched_again_later()
 fn enospc_on_the_resume_file_leaves_the_piece_unverified_until_it_can_be_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = data(3 * PIECE as usize);
-    let m = meta(&bytes);
+    let m = fixture::meta("shard-0.gguf", &bytes);
     let (mut store, disk) = store_with(dir.path(), &m);
     store.write_block(0, 0, piece(&bytes, 0)).unwrap();
     assert!(store.verify_piece(0).unwrap());
@@ -169,7 +149,7 @@ fn enospc_on_the_resume_file_leaves_the_piece_unverified_until_it_can_be_recorde
 fn a_failed_fsync_at_the_last_piece_keeps_the_download_incomplete_and_unrenamed() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = data(2 * PIECE as usize + 100);
-    let m = meta(&bytes);
+    let m = fixture::meta("shard-0.gguf", &bytes);
     let (mut store, disk) = store_with(dir.path(), &m);
     for i in 0..3 {
         store.write_block(i, 0, piece(&bytes, i)).unwrap();
@@ -201,7 +181,7 @@ fn a_failed_fsync_at_the_last_piece_keeps_the_download_incomplete_and_unrenamed(
 fn enospc_on_fsync_or_rename_in_finish_leaves_the_part_file_to_finish_later() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = data(2 * PIECE as usize);
-    let m = meta(&bytes);
+    let m = fixture::meta("shard-0.gguf", &bytes);
     let (mut store, disk) = store_with(dir.path(), &m);
     for i in 0..2 {
         store.write_block(i, 0, piece(&bytes, i)).unwrap();
@@ -233,7 +213,7 @@ fn enospc_on_fsync_or_rename_in_finish_leaves_the_part_file_to_finish_later() {
 fn other_io_errors_are_not_reported_as_a_full_disk() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = data(PIECE as usize);
-    let m = meta(&bytes);
+    let m = fixture::meta("shard-0.gguf", &bytes);
     let mut store = PieceStore::open(dir.path(), &m, false).unwrap();
     #[derive(Debug)]
     struct Eio;
