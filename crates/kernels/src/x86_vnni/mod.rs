@@ -18,10 +18,11 @@
 //! order, the same horizontal sum), so results equal the AVX2 path's — and candle's — bit for
 //! bit.
 //!
-//! Q4_K ([`k::tile_k4`]) follows the AVX2 kernel of [`crate::x86_k`] step by step on 512 bits:
+//! Q4_K and Q5_K ([`k::tile_k4`]) follow the AVX2 kernels of [`crate::x86_k`] step by step on 512 bits:
 //! `vpmaddubsw` pairs, then `vpdpwssd` applies the sub-block scale and accumulates (AVX2's
 //! `vpmaddwd` + add), one FMA per super-block with `d_w·d_y`, and the minimum term in its own
-//! 4-lane accumulator per row — again the same integers and the same `f32` steps. Q6_K
+//! 4-lane accumulator per row (Q5_K: one scalar per row) — again the same integers and the
+//! same `f32` steps. Q6_K
 //! ([`k::tile_q6_k`]) likewise follows its AVX2 kernel (6-bit quants from `ql` and `qh`, the 32
 //! offset taken out as `maddubs(q, y) − maddubs(32, y)`, 16-value group scales by `vpdpwssd`).
 
@@ -35,7 +36,7 @@ use std::arch::x86_64::*;
 const RM: usize = 4;
 /// Activation row pairs per tile.
 const RN: usize = 3;
-/// Weight rows per Q4_K tile (it keeps three accumulators per row and pair).
+/// Weight rows per K-quant tile (it keeps three accumulators per row and pair).
 const RM_K: usize = 2;
 /// Weight rows run against all activation pairs before moving on: with the activation pairs of
 /// one tile they stay in the core's L2 cache (64 rows × 2048 Q4_0 columns = 72 KiB).
@@ -49,7 +50,8 @@ pub(crate) fn available() -> bool {
         && is_x86_feature_detected!("avx512vnni")
 }
 
-/// True when `ty` has a tiled prompt kernel here (the others run [`crate::x86::rows`]).
+/// True when `ty`'s prompt kernel here works on activation pairs (Q4_1's on the rows
+/// themselves, see [`q4_1`]).
 pub(crate) fn tiles(ty: QuantType) -> bool {
     matches!(
         ty,
