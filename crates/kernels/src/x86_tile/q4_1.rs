@@ -58,9 +58,9 @@ macro_rules! q4_1_tiles {
                 }
                 let out = &mut out[g * 8 * n..(g + 1) * 8 * n];
                 let mut t = 0;
-                while t + 4 <= n {
-                    pass_q4_1::<4>(&tq, &td, acts, dy, sy, t, n, out);
-                    t += 4;
+                while t + Q4_1_ROWS <= n {
+                    pass_q4_1::<Q4_1_ROWS>(&tq, &td, acts, dy, sy, t, n, out);
+                    t += Q4_1_ROWS;
                 }
                 while t < n {
                     pass_q4_1::<1>(&tq, &td, acts, dy, sy, t, n, out);
