@@ -42,9 +42,10 @@ pub struct Q8KBlock {
     pub bsums: [i16; 16],
 }
 
-/// Block `b` of two activation rows side by side, for the AVX-512 VNNI prompt kernels: one
+/// Block `b` of two activation rows side by side, for the prompt kernels: with AVX-512 one
 /// 64-byte vector holds both rows' quants, so each weight block is unpacked once for two rows
-/// and each 32-bit lane of a `vpdpbusd` sums the same four products as a lane of the AVX2 path.
+/// and each 32-bit lane of a `vpdpbusd` sums the same four products as a lane of the AVX2 path;
+/// the 256-bit tiles read one half (one row) at a time.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C, align(64))]
 pub(crate) struct Q8Pair {
@@ -75,8 +76,8 @@ impl Q8Pair {
     }
 }
 
-/// Super-block `b` of two activation rows side by side, for the AVX-512 VNNI K-quant prompt
-/// kernels (see [`Q8Pair`]).
+/// Super-block `b` of two activation rows side by side, for the K-quant prompt kernels (see
+/// [`Q8Pair`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C, align(64))]
 pub(crate) struct Q8KPair {
