@@ -16,7 +16,7 @@
 //! The SIMD quantizers reproduce the scalar ones bit for bit. Non-finite inputs give
 //! unspecified (but memory-safe) quants, as in ggml.
 
-use crate::quant::{ActKind, round_to_f16};
+use crate::quant::{ActKind, QuantType, round_to_f16};
 
 /// 32 activations quantized to `i8` with a scale.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -171,6 +171,38 @@ impl Acts {
             *d = blocks.iter().map(|b| b.d).collect();
             *s = blocks.iter().map(|b| b.s).collect();
         }
+    }
+
+    /// The number of blocks and blocks per row.
+    fn blocks(&self) -> (usize, usize) {
+        match self {
+            Acts::Q8 {
+                blocks, per_row, ..
+            } => (blocks.len(), *per_row),
+            Acts::Q8K {
+                blocks, per_row, ..
+            } => (blocks.len(), *per_row),
+        }
+    }
+
+    /// Blocks per row and the number of input rows.
+    pub(crate) fn dims(&self) -> (usize, usize) {
+        let (blocks, per_row) = self.blocks();
+        (per_row, blocks / per_row.max(1))
+    }
+
+    /// Checks that `w` holds whole rows of `ty` as wide as these activations and that an output
+    /// of `out` values is rows × n; returns the weight row's bytes and n.
+    ///
+    /// # Panics
+    /// If not.
+    pub(crate) fn check_shape(&self, ty: QuantType, w: &[u8], out: usize) -> (usize, usize) {
+        let (blocks, per_row) = self.blocks();
+        assert!(per_row > 0);
+        let (row_bytes, n) = (per_row * ty.block_bytes(), blocks / per_row);
+        assert!(w.len().is_multiple_of(row_bytes) && blocks.is_multiple_of(per_row));
+        assert_eq!(out, w.len() / row_bytes * n);
+        (row_bytes, n)
     }
 
     /// Fills the row pairs (an odd last row is paired with zeros, a single row with itself).

@@ -142,7 +142,7 @@ pub(crate) fn f16_one(lo: u8, hi: u8) -> f32 {
 /// then high nibbles (one broadcast load, one per-half shift, one mask).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn nibbles<const N: usize>(b: &[u8; N], at: usize) -> __m256i {
+pub(crate) fn nibbles<const N: usize>(b: &[u8; N], at: usize) -> __m256i {
     assert!(at + 16 <= N);
     // SAFETY: 16 bytes at `at`, in bounds by the assert (a constant check once inlined).
     let q = unsafe { _mm_loadu_si128(b.as_ptr().add(at).cast()) };

@@ -240,13 +240,44 @@ fn dot_q5_k(w: &[[u8; 176]], act: &[Q8KBlock]) -> f32 {
     hsum(acc) + summs
 }
 
+/// Q6_K groups `g` and `g + 1` (of the block's 16 `i8` scales in `scales`) as 16 `i16` lanes:
+/// 8 copies of group `g`'s scale, then 8 of group `g + 1`'s — the multipliers of the pair sums
+/// of 32 quants.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn q6_group_scales(scales: __m128i, g: usize) -> __m256i {
+    let (g, h) = (g as i8, g as i8 + 1);
+    let pick = _mm_setr_epi8(g, g, g, g, g, g, g, g, h, h, h, h, h, h, h, h);
+    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick))
+}
+
+/// Quants `32k..32k + 32` of a Q6_K half block, 0..64: the low nibbles of `ql` (k < 2) or
+/// its high nibbles (k ≥ 2) — `ql` being the half's bytes `32·(k % 2)..` — plus bits `2k..2k+2`
+/// of each `qh` byte as bits 4 and 5.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn q6_quants(ql: __m256i, qh: __m256i, k: usize) -> __m256i {
+    let m4 = _mm256_set1_epi8(0xf);
+    let low = if k < 2 {
+        _mm256_and_si256(ql, m4)
+    } else {
+        _mm256_and_si256(_mm256_srli_epi16::<4>(ql), m4)
+    };
+    let bits = match k {
+        0 => qh,
+        1 => _mm256_srli_epi16::<2>(qh),
+        2 => _mm256_srli_epi16::<4>(qh),
+        _ => _mm256_srli_epi16::<6>(qh),
+    };
+    let high = _mm256_slli_epi16::<4>(_mm256_and_si256(bits, _mm256_set1_epi8(3)));
+    _mm256_or_si256(low, high)
+}
+
 /// Q6_K row · Q8_K activations. The 6-bit quants are used unsigned (0..64) and the offset 32
 /// is subtracted as `32 · Σ qy` per pair, as ggml does.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q6_k(w: &[[u8; 210]], act: &[Q8KBlock]) -> f32 {
-    let m4 = _mm256_set1_epi8(0xf);
-    let m2 = _mm256_set1_epi8(3);
     let m32s = _mm256_set1_epi8(32);
     let mut acc = _mm256_setzero_ps();
     for (b, y) in w.iter().zip(act) {
@@ -255,53 +286,21 @@ fn dot_q6_k(w: &[[u8; 210]], act: &[Q8KBlock]) -> f32 {
         let scales = unsafe { _mm_loadu_si128(b.as_ptr().add(192).cast()) };
         let mut sumi = _mm256_setzero_si256();
         for j in 0..2 {
-            // The 16-value groups 8j..8j + 8: group g's scale as 8 copies of its byte.
-            let scale = |k: usize| {
-                let g = (8 * j + 2 * k) as i8;
-                let pick = _mm_set_epi8(
-                    g + 1,
-                    g + 1,
-                    g + 1,
-                    g + 1,
-                    g + 1,
-                    g + 1,
-                    g + 1,
-                    g + 1, //
-                    g,
-                    g,
-                    g,
-                    g,
-                    g,
-                    g,
-                    g,
-                    g,
-                );
-                _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick))
-            };
             let ql1 = load32(b, 64 * j);
             let ql2 = load32(b, 64 * j + 32);
             let qh = load32(b, 128 + 32 * j);
-            let high = |shift: i32| {
-                let bits = match shift {
-                    0 => qh,
-                    2 => _mm256_srli_epi16::<2>(qh),
-                    4 => _mm256_srli_epi16::<4>(qh),
-                    _ => _mm256_srli_epi16::<6>(qh),
-                };
-                _mm256_slli_epi16::<4>(_mm256_and_si256(bits, m2))
-            };
             let q = [
-                _mm256_or_si256(_mm256_and_si256(ql1, m4), high(0)),
-                _mm256_or_si256(_mm256_and_si256(ql2, m4), high(2)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4), high(4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql2), m4), high(6)),
+                q6_quants(ql1, qh, 0),
+                q6_quants(ql2, qh, 1),
+                q6_quants(ql1, qh, 2),
+                q6_quants(ql2, qh, 3),
             ];
             let mut p = [_mm256_setzero_si256(); 4];
             for (k, (p, q)) in p.iter_mut().zip(q).enumerate() {
                 let qy = load_q8k(y, 128 * j + 32 * k);
                 let raw =
                     _mm256_sub_epi16(_mm256_maddubs_epi16(q, qy), _mm256_maddubs_epi16(m32s, qy));
-                *p = _mm256_madd_epi16(scale(k), raw);
+                *p = _mm256_madd_epi16(q6_group_scales(scales, 8 * j + 2 * k), raw);
             }
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p[0], p[1]));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p[2], p[3]));

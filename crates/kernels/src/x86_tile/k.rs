@@ -169,11 +169,7 @@ macro_rules! k_tiles {
             n: usize,
             out: &mut [f32],
         ) {
-            let (m4, m2, m32) = (
-                _mm256_set1_epi8(0x0f),
-                _mm256_set1_epi8(3),
-                _mm256_set1_epi8(32),
-            );
+            let m32 = _mm256_set1_epi8(32);
             let mut acc = [[_mm256_setzero_ps(); N]; M];
             for b in 0..per_row {
                 let mut sumi = [[_mm256_setzero_si256(); N]; M];
@@ -188,26 +184,6 @@ macro_rules! k_tiles {
                         *y = unsafe { _mm256_loadu_si256(q.as_ptr().cast()) };
                         *y32 = _mm256_maddubs_epi16(m32, *y);
                     }
-                    // Groups 2s and 2s + 1: the first 8 i16 lanes take 2s's scale.
-                    let g = (2 * s) as i8;
-                    let pick = _mm_setr_epi8(
-                        g,
-                        g,
-                        g,
-                        g,
-                        g,
-                        g,
-                        g,
-                        g,
-                        g + 1,
-                        g + 1,
-                        g + 1,
-                        g + 1,
-                        g + 1,
-                        g + 1,
-                        g + 1,
-                        g + 1,
-                    );
                     for i in 0..M {
                         let blk = &blocks[(r0 + i) * per_row + b];
                         // SAFETY: 16 bytes at 192, 32 at 64jj + 32·(k % 2) ≤ 96 and at
@@ -219,22 +195,9 @@ macro_rules! k_tiles {
                                 _mm256_loadu_si256(blk.as_ptr().add(128 + 32 * jj).cast()),
                             )
                         };
-                        let sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick));
-                        let low = if k < 2 {
-                            _mm256_and_si256(ql, m4)
-                        } else {
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(ql), m4)
-                        };
-                        let bits = match k {
-                            0 => qh,
-                            1 => _mm256_srli_epi16::<2>(qh),
-                            2 => _mm256_srli_epi16::<4>(qh),
-                            _ => _mm256_srli_epi16::<6>(qh),
-                        };
-                        let q = _mm256_or_si256(
-                            low,
-                            _mm256_slli_epi16::<4>(_mm256_and_si256(bits, m2)),
-                        );
+                        // Values 32s..32s + 32 are groups 2s and 2s + 1.
+                        let sc = crate::x86_k::q6_group_scales(scales, 2 * s);
+                        let q = crate::x86_k::q6_quants(ql, qh, k);
                         for j in 0..N {
                             let raw = _mm256_sub_epi16(_mm256_maddubs_epi16(q, y[j]), y32[j]);
                             sumi[i][j] = scaled(sumi[i][j], raw, sc);

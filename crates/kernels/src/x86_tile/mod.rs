@@ -188,21 +188,7 @@ tile_kernels!(
 pub(crate) fn rows(vnni: bool, ty: QuantType, w: &[u8], acts: &crate::act::Acts, out: &mut [f32]) {
     use crate::act::Acts;
     assert!(crate::x86::available() && (!vnni || is_x86_feature_detected!("avxvnni")));
-    let (blocks, per_row) = match acts {
-        Acts::Q8 {
-            blocks, per_row, ..
-        } => (blocks.len(), *per_row),
-        Acts::Q8K {
-            blocks, per_row, ..
-        } => (blocks.len(), *per_row),
-    };
-    let n = blocks / per_row.max(1);
-    let checked = |pairs: usize| {
-        let row_bytes = per_row * ty.block_bytes();
-        assert!(per_row > 0 && w.len().is_multiple_of(row_bytes));
-        assert_eq!(out.len(), w.len() / row_bytes * n);
-        assert_eq!(pairs, n.div_ceil(2) * per_row);
-    };
+    let (per_row, n) = acts.dims();
     match acts {
         Acts::Q8 {
             blocks: act_blocks,
@@ -210,9 +196,7 @@ pub(crate) fn rows(vnni: bool, ty: QuantType, w: &[u8], acts: &crate::act::Acts,
             s,
             ..
         } if n >= 2 && ty == QuantType::Q4_1 => {
-            let row_bytes = per_row * ty.block_bytes();
-            assert!(per_row > 0 && w.len().is_multiple_of(row_bytes));
-            assert_eq!(out.len(), w.len() / row_bytes * n);
+            let (row_bytes, _) = acts.check_shape(ty, w, out.len());
             assert!(d.len() == act_blocks.len() && s.len() == act_blocks.len());
             // SAFETY: the features were checked above, the sizes just now.
             let done = unsafe {
@@ -225,7 +209,8 @@ pub(crate) fn rows(vnni: bool, ty: QuantType, w: &[u8], acts: &crate::act::Acts,
             crate::x86::rows(ty, &w[done * row_bytes..], acts, &mut out[done * n..]);
         }
         Acts::Q8 { pairs, .. } if n >= 2 && tiles(ty) && !pairs.is_empty() => {
-            checked(pairs.len());
+            acts.check_shape(ty, w, out.len());
+            assert_eq!(pairs.len(), n.div_ceil(2) * per_row);
             // SAFETY: the features were checked above, the sizes just now.
             unsafe {
                 match (ty, vnni) {
@@ -237,7 +222,8 @@ pub(crate) fn rows(vnni: bool, ty: QuantType, w: &[u8], acts: &crate::act::Acts,
             }
         }
         Acts::Q8K { pairs, .. } if n >= 2 && tiles(ty) && !pairs.is_empty() => {
-            checked(pairs.len());
+            acts.check_shape(ty, w, out.len());
+            assert_eq!(pairs.len(), n.div_ceil(2) * per_row);
             // SAFETY: as above.
             unsafe {
                 match (ty, vnni) {

@@ -42,7 +42,7 @@ macro_rules! q8_tiles {
                 for i in 0..M {
                     let blk = &blocks[(r0 + i) * per_row + b];
                     wq[i] = if B == 18 {
-                        q4_nibbles(blk)
+                        crate::x86::nibbles(blk, 2)
                     } else {
                         assert!(B >= 34);
                         // SAFETY: bytes 2..34 of a block of ≥ 34 bytes (asserted).
@@ -83,20 +83,6 @@ macro_rules! q8_tiles {
                     out[(r0 + i) * n + t0 + j] = crate::x86::hsum(*a);
                 }
             }
-        }
-
-        /// The 32 nibbles of a Q4_0 block as unsigned bytes (low nibbles first).
-        #[inline]
-        #[target_feature(enable = $feat)]
-        fn q4_nibbles<const B: usize>(blk: &[u8; B]) -> __m256i {
-            assert!(B >= 18);
-            // SAFETY: bytes 2..18 of a block of ≥ 18 bytes (asserted).
-            let q = unsafe { _mm_loadu_si128(blk.as_ptr().add(2).cast()) };
-            let both = _mm256_srlv_epi64(
-                _mm256_broadcastsi128_si256(q),
-                _mm256_setr_epi64x(0, 0, 4, 4),
-            );
-            _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
         }
     };
 }

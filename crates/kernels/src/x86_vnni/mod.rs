@@ -82,7 +82,7 @@ pub(crate) fn rows(ty: QuantType, w: &[u8], acts: &Acts, out: &mut [f32]) {
             s,
             ..
         } if ty == QuantType::Q4_1 && blocks.len() >= 2 * per_row => {
-            let (row_bytes, n) = shape(ty, w, blocks.len(), *per_row, out.len());
+            let (row_bytes, n) = acts.check_shape(ty, w, out.len());
             assert!(d.len() == blocks.len() && s.len() == blocks.len());
             // SAFETY: the features were detected just above and the sizes checked.
             let done = unsafe { q4_1::rows_q4_1(w, blocks, d, s, *per_row, out) };
@@ -94,7 +94,7 @@ pub(crate) fn rows(ty: QuantType, w: &[u8], acts: &Acts, out: &mut [f32]) {
             pairs,
             ..
         } if tiles(ty) && !pairs.is_empty() => {
-            let (_, n) = shape(ty, w, blocks.len(), *per_row, out.len());
+            let (_, n) = acts.check_shape(ty, w, out.len());
             assert_eq!(pairs.len(), n.div_ceil(2) * per_row);
             // SAFETY: the features the kernels enable were detected just above.
             unsafe {
@@ -111,7 +111,7 @@ pub(crate) fn rows(ty: QuantType, w: &[u8], acts: &Acts, out: &mut [f32]) {
             per_row,
             pairs,
         } if tiles(ty) && !pairs.is_empty() => {
-            let (_, n) = shape(ty, w, blocks.len(), *per_row, out.len());
+            let (_, n) = acts.check_shape(ty, w, out.len());
             assert_eq!(pairs.len(), n.div_ceil(2) * per_row);
             // SAFETY: the features the kernels enable were detected just above.
             unsafe {
@@ -124,18 +124,6 @@ pub(crate) fn rows(ty: QuantType, w: &[u8], acts: &Acts, out: &mut [f32]) {
         }
         _ => crate::x86::rows(ty, w, acts, out),
     }
-}
-
-/// Checks that `w` holds whole rows of `per_row` blocks of `ty`, the activations
-/// (`act_blocks`) whole rows of as many blocks, and the output rows × n values; returns the
-/// row's bytes and n.
-fn shape(ty: QuantType, w: &[u8], act_blocks: usize, per_row: usize, out: usize) -> (usize, usize) {
-    assert!(per_row > 0);
-    let row_bytes = per_row * ty.block_bytes();
-    let n = act_blocks / per_row;
-    assert!(w.len().is_multiple_of(row_bytes) && act_blocks.is_multiple_of(per_row));
-    assert_eq!(out, w.len() / row_bytes * n);
-    (row_bytes, n)
 }
 
 /// Tiles of weight rows × activation pairs over `rows` rows and `np` pairs: panels of
