@@ -229,10 +229,23 @@ pub(crate) fn parse_stats_line(line: &str) -> Option<Rates> {
     })
 }
 
-/// Runs our `generate` once.
 /// One run's rates and peak resident memory (KiB).
 type Measured = (Rates, Option<u64>);
 
+/// `generate`'s rates from its finished process: the last stats line on its stderr.
+pub(crate) fn generate_rates(out: &std::process::Output) -> Result<Rates> {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("generate failed ({}): {}", out.status, stderr.trim());
+    }
+    stderr
+        .lines()
+        .rev()
+        .find_map(parse_stats_line)
+        .with_context(|| format!("no stats line in generate's stderr: {stderr}"))
+}
+
+/// Runs our `generate` once.
 fn run_ours(exe: &Path, model: &Path, prompt: &str, args: &InferArgs) -> Result<Measured> {
     let threads = args.threads.to_string();
     let (out, rss) = output_with_peak_rss(
@@ -247,15 +260,7 @@ fn run_ours(exe: &Path, model: &Path, prompt: &str, args: &InferArgs) -> Result<
             .env("CANDLE_NUM_THREADS", &threads),
     )
     .with_context(|| format!("cannot run {} generate", exe.display()))?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("generate failed ({}): {}", out.status, stderr.trim());
-    }
-    let rates = stderr
-        .lines()
-        .rev()
-        .find_map(parse_stats_line)
-        .with_context(|| format!("no stats line in generate's stderr: {stderr}"))?;
+    let rates = generate_rates(&out)?;
     ensure!(
         rates.prefill_tokens == args.prompt_tokens,
         "generate prefilled {} tokens, wanted {}",

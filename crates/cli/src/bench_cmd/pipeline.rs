@@ -30,7 +30,7 @@ use tokio::process::Command;
 use super::procs::{Procs, fresh_dir, http_get, path_arg};
 use super::sse::stream_completion;
 use super::{Bench, QUIC_LISTEN};
-use crate::bench_infer::parse_stats_line;
+use crate::bench_infer::generate_rates;
 use crate::prom::metric_sum;
 use tables::{Conditions, Kind, Sample, report};
 
@@ -339,15 +339,7 @@ async fn run_single(
         .await
         .with_context(|| format!("generate did not finish within {timeout:?}"))?
         .with_context(|| format!("running {} generate", bin.display()))?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("generate failed ({}): {}", out.status, stderr.trim());
-    }
-    let rates = stderr
-        .lines()
-        .rev()
-        .find_map(parse_stats_line)
-        .with_context(|| format!("no stats line in generate's stderr: {stderr}"))?;
+    let rates = generate_rates(&out)?;
     Ok(Sample {
         kind: Kind::Single,
         decode: rates.decode,
